@@ -1,0 +1,9 @@
+/** @type {import('jest').Config} */
+module.exports = {
+  testEnvironment: 'node',
+  transform: { '^.+\\.ts$': ['ts-jest', { isolatedModules: true }] },
+  testMatch: ['<rootDir>/test/**/*.test.ts'],
+  // Integration tests start a real Temporal server and real workers; give them room.
+  testTimeout: 120_000,
+  maxWorkers: 1,
+};

@@ -1,0 +1,28 @@
+import { ApplicationFailure } from '@temporalio/common';
+
+/**
+ * Failure types shared by activities and workflows. All of them mean "the request is wrong", so
+ * retrying cannot help: they are thrown non-retryable and listed in every retry policy.
+ */
+export const ErrorType = {
+  InvalidInput: 'InvalidInput',
+  NotFound: 'NotFound',
+  NoCapacity: 'NoCapacity',
+  InvalidState: 'InvalidState',
+  Forbidden: 'Forbidden',
+  DataIntegrity: 'DataIntegrity',
+} as const;
+export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];
+
+export const NON_RETRYABLE_ERROR_TYPES: string[] = Object.values(ErrorType);
+
+function failure(type: ErrorType, message: string): ApplicationFailure {
+  return ApplicationFailure.create({ type, message, nonRetryable: true });
+}
+
+export const invalidInput = (message: string) => failure(ErrorType.InvalidInput, message);
+export const notFound = (message: string) => failure(ErrorType.NotFound, message);
+export const noCapacity = (message: string) => failure(ErrorType.NoCapacity, message);
+export const invalidState = (message: string) => failure(ErrorType.InvalidState, message);
+export const forbidden = (message: string) => failure(ErrorType.Forbidden, message);
+export const dataIntegrity = (message: string) => failure(ErrorType.DataIntegrity, message);
