@@ -69,6 +69,12 @@ export interface FleetSpec {
   /** Accounts instances are spread over (round robin). */
   accounts?: string[];
   workload?: WorkloadConfig;
+  /** Capacity of every host; default sized so each host can take its share of instances twice over. */
+  hostCapacity?: Resources;
+  /** vCPU and memory of every instance (disk comes from volumeSizeBytes); default 2 vCPU, 4096 MiB. */
+  instanceShape?: Pick<Resources, 'vcpu' | 'memoryMiB'>;
+  /** Initial volume content: deterministic pseudo-random bytes per volume (default) or zeros. */
+  fill?: 'pattern' | 'zero';
 }
 
 export interface FleetLayout {
