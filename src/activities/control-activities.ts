@@ -1,55 +1,184 @@
-import type {
-  CommitMigrationInput,
-  FleetLayout,
-  FleetSpec,
-  LiveMigrationInput,
-  MigrationPlan,
-  PlanVolumeImportInput,
-  ReservationRecord,
-  ReserveInput,
-  VolumePlan,
-  VolumeRecord,
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  assertId,
+  DEFAULT_BLOCK_SIZE,
+  invalidInput,
+  invalidState,
+  MAX_VOLUME_BYTES,
+  noCapacity,
+  notFound,
+  SECTOR_SIZE,
+  type CommitMigrationInput,
+  type FleetLayout,
+  type FleetSpec,
+  type InstanceRecord,
+  type LiveMigrationInput,
+  type MigrationPlan,
+  type PlanVolumeImportInput,
+  type ReservationRecord,
+  type ReserveInput,
+  type VolumePlan,
+  type VolumeRecord,
 } from '../contracts';
 import type { Inventory } from '../fleet/inventory';
+import { formatBytes } from '../planning/placement';
+
+const LIST_HINT = '`rehome fleet list` shows what exists';
 
 /** Control-plane activities: inventory and placement. They never touch a host's data. */
-// STUB: signatures agreed; implementation owned by the inventory work.
 export function createControlActivities(inventory: Inventory) {
-  const todo = (): never => {
-    throw new Error(`not implemented (${typeof inventory})`);
-  };
+  function requireInstance(instanceId: string): InstanceRecord {
+    const instance = inventory.getInstance(instanceId);
+    if (!instance) throw notFound(`instance ${instanceId} not found: ${LIST_HINT}`);
+    return instance;
+  }
+
+  function requireRunning(instance: InstanceRecord, action: string): void {
+    if (instance.state !== 'running') {
+      throw invalidState(
+        `instance ${instance.instanceId} is ${instance.state}, not running: only a running instance can ${action}`,
+      );
+    }
+  }
+
   return {
     /** Checks a migration request against the inventory; bad requests fail non-retryable. */
-    async planMigration(_input: LiveMigrationInput): Promise<MigrationPlan> {
-      return todo();
+    async planMigration(input: LiveMigrationInput): Promise<MigrationPlan> {
+      const instanceId = assertId('instanceId', input?.instanceId);
+      const targetHostId = assertId('targetHostId', input.targetHostId);
+      const bandwidth = input.bandwidthBytesPerSec ?? 0;
+      if (typeof bandwidth !== 'number' || !Number.isFinite(bandwidth) || bandwidth < 0) {
+        throw invalidInput(
+          `bandwidth ${String(bandwidth)} is not allowed: use bytes per second, 0 or more (0 = unlimited)`,
+        );
+      }
+      const instance = requireInstance(instanceId);
+      if (!inventory.getHost(targetHostId)) throw notFound(`host ${targetHostId} not found: ${LIST_HINT}`);
+      if (instance.hostId === targetHostId) {
+        throw invalidInput(
+          `instance ${instanceId} already runs on ${targetHostId}: choose another target host`,
+        );
+      }
+      requireRunning(instance, 'be live-migrated (start it first)');
+      return {
+        instanceId,
+        account: instance.account,
+        sourceHostId: instance.hostId,
+        targetHostId,
+        resources: instance.shape,
+        volumes: inventory.listVolumes({ instanceId }),
+        workload: instance.workload,
+      };
     },
-    async reserveCapacity(_input: ReserveInput): Promise<ReservationRecord> {
-      return todo();
+
+    async reserveCapacity(input: ReserveInput): Promise<ReservationRecord> {
+      assertId('hostId', input?.hostId);
+      assertId('instanceId', input.instanceId);
+      return inventory.reserve(input);
     },
-    async releaseReservation(_input: { key: string }): Promise<void> {
-      return todo();
+
+    async releaseReservation(input: { key: string }): Promise<void> {
+      inventory.release(input?.key);
     },
+
     /** Moves the instance and its volumes to the target and drops the reservation, in one transaction. */
-    async commitMigration(_input: CommitMigrationInput): Promise<void> {
-      return todo();
+    async commitMigration(input: CommitMigrationInput): Promise<void> {
+      assertId('instanceId', input?.instanceId);
+      assertId('sourceHostId', input.sourceHostId);
+      assertId('targetHostId', input.targetHostId);
+      inventory.commitMigration(input);
     },
+
     /** Records a new fleet (hosts, pending instances, volumes) keyed by the asking workflow. */
-    async createFleet(_input: { key: string; spec: FleetSpec }): Promise<FleetLayout> {
-      return todo();
+    async createFleet(input: { key: string; spec: FleetSpec }): Promise<FleetLayout> {
+      return inventory.createFleet(input?.key, input.spec);
     },
-    async markInstancesRunning(_input: { instanceIds: string[] }): Promise<void> {
-      return todo();
+
+    async markInstancesRunning(input: { instanceIds: string[] }): Promise<void> {
+      if (!Array.isArray(input?.instanceIds))
+        throw invalidInput('instanceIds must be a list of instance ids');
+      input.instanceIds.forEach((id, n) => assertId(`instanceIds[${n}]`, id));
+      inventory.markInstancesRunning(input.instanceIds);
     },
-    async planVolumeImport(_input: PlanVolumeImportInput): Promise<VolumePlan> {
-      return todo();
+
+    /** Checks an image to import and names the volume it will become; changes nothing. */
+    async planVolumeImport(input: PlanVolumeImportInput): Promise<VolumePlan> {
+      const instanceId = assertId('instanceId', input?.instanceId);
+      const file = input.path;
+      if (typeof file !== 'string' || !path.isAbsolute(file)) {
+        throw invalidInput(
+          `image path ${JSON.stringify(file)} must be absolute (the workers resolve it, not the CLI)`,
+        );
+      }
+      const instance = requireInstance(instanceId);
+      requireRunning(instance, 'take an imported volume');
+      const stat = statOrUndefined(file);
+      if (!stat) throw notFound(`no file at ${file}: check the image path`);
+      if (!stat.isFile()) throw invalidInput(`${file} is not a regular file: import a raw disk image file`);
+      const size = stat.size;
+      if (size === 0) throw invalidInput(`${file} is empty: a volume needs at least ${SECTOR_SIZE} bytes`);
+      if (size % SECTOR_SIZE !== 0) {
+        const padded = Math.ceil(size / SECTOR_SIZE) * SECTOR_SIZE;
+        throw invalidInput(
+          `${file} is ${size} bytes, not a multiple of ${SECTOR_SIZE}: pad it with \`truncate -s ${padded} ${file}\``,
+        );
+      }
+      if (size > MAX_VOLUME_BYTES) {
+        throw invalidInput(
+          `${file} is ${formatBytes(size)}, over the ${formatBytes(MAX_VOLUME_BYTES)} volume limit`,
+        );
+      }
+      const free = inventory.hostUsage(instance.hostId).free.diskBytes;
+      if (size > free) {
+        throw noCapacity(
+          `host ${instance.hostId} has ${formatBytes(Math.max(0, free))} of disk free, the image needs ` +
+            `${formatBytes(size)}: migrate instance ${instanceId} to a roomier host first or use a smaller image`,
+        );
+      }
+      const volumeId = assertId('volumeId', `${instanceId}-v${nextVolumeIndex(inventory, instanceId)}`);
+      return {
+        volumeId,
+        instanceId,
+        hostId: instance.hostId,
+        sizeBytes: size,
+        blockSize: DEFAULT_BLOCK_SIZE,
+        userData: !input.workloadWrites,
+      };
     },
-    async commitVolume(_input: VolumePlan): Promise<void> {
-      return todo();
+
+    /** Records an imported volume and counts its size in the instance's shape; a retry is a no-op. */
+    async commitVolume(input: VolumePlan): Promise<void> {
+      inventory.addVolume({ ...input, kind: 'instance-store' });
     },
-    async describeVolume(_input: { volumeId: string }): Promise<VolumeRecord> {
-      return todo();
+
+    async describeVolume(input: { volumeId: string }): Promise<VolumeRecord> {
+      const volumeId = assertId('volumeId', input?.volumeId);
+      const volume = inventory.getVolume(volumeId);
+      if (!volume) throw notFound(`volume ${volumeId} not found: ${LIST_HINT}`);
+      return volume;
     },
   };
 }
 
 export type ControlActivities = ReturnType<typeof createControlActivities>;
+
+function statOrUndefined(file: string): fs.Stats | undefined {
+  try {
+    return fs.statSync(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw invalidInput(`cannot read ${file}: ${(err as Error).message}`);
+  }
+}
+
+/** One past the highest `<instanceId>-v<n>`, so a new volume never reuses an id. */
+function nextVolumeIndex(inventory: Inventory, instanceId: string): number {
+  const prefix = `${instanceId}-v`;
+  let next = 0;
+  for (const v of inventory.listVolumes({ instanceId })) {
+    const suffix = v.volumeId.startsWith(prefix) ? v.volumeId.slice(prefix.length) : '';
+    if (/^\d+$/.test(suffix)) next = Math.max(next, Number(suffix) + 1);
+  }
+  return next;
+}

@@ -1,0 +1,431 @@
+import { ApplicationFailure } from '@temporalio/common';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { createControlActivities, type ControlActivities } from '../../src/activities/control-activities';
+import { DEFAULT_BLOCK_SIZE, DEFAULT_WORKLOAD, ErrorType, MiB, type FleetSpec } from '../../src/contracts';
+import { openInventory, type Inventory } from '../../src/fleet/inventory';
+
+async function expectFailure(
+  fn: () => Promise<unknown>,
+  type: ErrorType,
+  message?: RegExp | string,
+): Promise<ApplicationFailure> {
+  let caught: unknown;
+  try {
+    await fn();
+  } catch (err) {
+    caught = err;
+  }
+  expect(caught).toBeInstanceOf(ApplicationFailure);
+  const failure = caught as ApplicationFailure;
+  expect(failure.type).toBe(type);
+  expect(failure.nonRetryable).toBe(true);
+  if (message !== undefined) expect(failure.message).toMatch(message);
+  return failure;
+}
+
+const spec: FleetSpec = { hosts: 3, instances: 4, volumeSizeBytes: 64 * MiB };
+const shape = { vcpu: 2, memoryMiB: 4096, diskBytes: 64 * MiB };
+
+type BadCase = [string, (a: ControlActivities) => Promise<unknown>, ErrorType, RegExp | string];
+
+describe('control activities', () => {
+  let dir: string;
+  let inventory: Inventory;
+  let activities: ControlActivities;
+
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-control-'));
+    inventory = openInventory(path.join(dir, 'data'));
+    activities = createControlActivities(inventory);
+    await activities.createFleet({ key: 'init-1', spec });
+    // i-4 stays pending: it is the "not running" instance below.
+    await activities.markInstancesRunning({ instanceIds: ['i-1', 'i-2', 'i-3'] });
+  });
+
+  afterEach(() => {
+    inventory.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  function writeImage(name: string, size: number): string {
+    const file = path.join(dir, name);
+    fs.writeFileSync(file, Buffer.alloc(0));
+    fs.truncateSync(file, size);
+    return file;
+  }
+
+  /** Runs a bad request and checks it fails as expected without changing the inventory. */
+  async function expectRefused([, run, type, message]: BadCase): Promise<void> {
+    const before = inventory.snapshot();
+    await expectFailure(() => run(activities), type, message);
+    expect(inventory.snapshot()).toEqual(before);
+  }
+
+  describe('planMigration', () => {
+    test('returns the instance, its hosts, shape, volumes and workload', async () => {
+      const plan = await activities.planMigration({ instanceId: 'i-1', targetHostId: 'h-2' });
+      expect(plan).toEqual({
+        instanceId: 'i-1',
+        account: 'acct-1',
+        sourceHostId: 'h-1',
+        targetHostId: 'h-2',
+        resources: shape,
+        volumes: [
+          {
+            volumeId: 'i-1-v0',
+            instanceId: 'i-1',
+            hostId: 'h-1',
+            sizeBytes: 64 * MiB,
+            blockSize: DEFAULT_BLOCK_SIZE,
+            kind: 'instance-store',
+            userData: false,
+          },
+        ],
+        workload: DEFAULT_WORKLOAD,
+      });
+    });
+
+    const bad: BadCase[] = [
+      [
+        'a path-like instance id',
+        (a) => a.planMigration({ instanceId: '../x', targetHostId: 'h-2' }),
+        ErrorType.InvalidInput,
+        /instanceId "\.\.\/x" is not a valid id/,
+      ],
+      [
+        'a malformed target id',
+        (a) => a.planMigration({ instanceId: 'i-1', targetHostId: 'H_2' }),
+        ErrorType.InvalidInput,
+        /targetHostId "H_2" is not a valid id/,
+      ],
+      [
+        'an unknown instance',
+        (a) => a.planMigration({ instanceId: 'i-9', targetHostId: 'h-2' }),
+        ErrorType.NotFound,
+        /instance i-9 not found: `rehome fleet list`/,
+      ],
+      [
+        'an unknown host',
+        (a) => a.planMigration({ instanceId: 'i-1', targetHostId: 'h-9' }),
+        ErrorType.NotFound,
+        /host h-9 not found: `rehome fleet list`/,
+      ],
+      [
+        'target = source',
+        (a) => a.planMigration({ instanceId: 'i-1', targetHostId: 'h-1' }),
+        ErrorType.InvalidInput,
+        /i-1 already runs on h-1: choose another target/,
+      ],
+      [
+        'an instance not running',
+        (a) => a.planMigration({ instanceId: 'i-4', targetHostId: 'h-2' }),
+        ErrorType.InvalidState,
+        /instance i-4 is pending, not running/,
+      ],
+      [
+        'a negative bandwidth',
+        (a) => a.planMigration({ instanceId: 'i-1', targetHostId: 'h-2', bandwidthBytesPerSec: -1 }),
+        ErrorType.InvalidInput,
+        /bandwidth -1 is not allowed: use bytes per second, 0 or more/,
+      ],
+      [
+        'an infinite bandwidth',
+        (a) => a.planMigration({ instanceId: 'i-1', targetHostId: 'h-2', bandwidthBytesPerSec: Infinity }),
+        ErrorType.InvalidInput,
+        /bandwidth Infinity/,
+      ],
+      [
+        'a NaN bandwidth',
+        (a) => a.planMigration({ instanceId: 'i-1', targetHostId: 'h-2', bandwidthBytesPerSec: NaN }),
+        ErrorType.InvalidInput,
+        /bandwidth NaN/,
+      ],
+    ];
+    test.each(bad)('refuses %s and changes nothing', (...badCase) => expectRefused(badCase));
+  });
+
+  describe('capacity', () => {
+    test('reserve, release and commit a migration, each idempotent', async () => {
+      const input = { key: 'wf-1', hostId: 'h-2', instanceId: 'i-1', resources: shape };
+      const reservation = await activities.reserveCapacity(input);
+      expect(await activities.reserveCapacity(input)).toEqual(reservation);
+      expect(inventory.listReservations()).toHaveLength(1);
+
+      const commit = { key: 'wf-1', instanceId: 'i-1', sourceHostId: 'h-1', targetHostId: 'h-2' };
+      await activities.commitMigration(commit);
+      await activities.commitMigration(commit);
+      expect(inventory.getInstance('i-1')!.hostId).toBe('h-2');
+      expect(inventory.getVolume('i-1-v0')!.hostId).toBe('h-2');
+      expect(inventory.listReservations()).toEqual([]);
+
+      await activities.reserveCapacity({ ...input, key: 'wf-2' });
+      await activities.releaseReservation({ key: 'wf-2' });
+      await activities.releaseReservation({ key: 'wf-2' });
+      expect(inventory.listReservations()).toEqual([]);
+      expect(inventory.checkConsistency()).toEqual([]);
+    });
+
+    const bad: BadCase[] = [
+      [
+        'a reservation on a malformed host',
+        (a) => a.reserveCapacity({ key: 'wf-1', hostId: '../h', instanceId: 'i-1', resources: shape }),
+        ErrorType.InvalidInput,
+        /hostId "\.\.\/h" is not a valid id/,
+      ],
+      [
+        'a reservation for a malformed instance',
+        (a) => a.reserveCapacity({ key: 'wf-1', hostId: 'h-2', instanceId: 'I 1', resources: shape }),
+        ErrorType.InvalidInput,
+        /instanceId "I 1"/,
+      ],
+      [
+        'a reservation on an unknown host',
+        (a) => a.reserveCapacity({ key: 'wf-1', hostId: 'h-9', instanceId: 'i-1', resources: shape }),
+        ErrorType.NotFound,
+        /host h-9 not found/,
+      ],
+      [
+        'a reservation without room',
+        (a) =>
+          a.reserveCapacity({
+            key: 'wf-1',
+            hostId: 'h-2',
+            instanceId: 'i-1',
+            resources: { ...shape, vcpu: 7 },
+          }),
+        ErrorType.NoCapacity,
+        /host h-2 has 6 vCPU free, instance i-1 needs 7 vCPU: choose another target/,
+      ],
+      ['a release without a key', (a) => a.releaseReservation({ key: '' }), ErrorType.InvalidInput, /key/],
+      [
+        'a commit with a malformed source',
+        (a) =>
+          a.commitMigration({ key: 'wf-1', instanceId: 'i-1', sourceHostId: 'h/1', targetHostId: 'h-2' }),
+        ErrorType.InvalidInput,
+        /sourceHostId "h\/1"/,
+      ],
+      [
+        'a commit for an instance on neither host',
+        (a) =>
+          a.commitMigration({ key: 'wf-1', instanceId: 'i-3', sourceHostId: 'h-1', targetHostId: 'h-2' }),
+        ErrorType.InvalidState,
+        /instance i-3 is on h-3, neither the source h-1 nor the target h-2/,
+      ],
+    ];
+    test.each(bad)('refuses %s and changes nothing', (...badCase) => expectRefused(badCase));
+  });
+
+  describe('fleet', () => {
+    test('createFleet is idempotent by key and refuses a second fleet', async () => {
+      const layout = inventory.createFleet('init-1', spec);
+      expect(await activities.createFleet({ key: 'init-1', spec })).toEqual(layout);
+      await expectRefused([
+        '',
+        (a) => a.createFleet({ key: 'init-2', spec }),
+        ErrorType.InvalidState,
+        /a fleet already exists in .*data \(3 hosts\); use another --data-dir or delete it/,
+      ]);
+    });
+
+    test('createFleet refuses a bad spec in an empty directory, recording nothing', async () => {
+      const other = openInventory(path.join(dir, 'other'));
+      try {
+        const act = createControlActivities(other);
+        await expectFailure(
+          () => act.createFleet({ key: 'init-1', spec: { ...spec, volumeSizeBytes: 1000 } }),
+          ErrorType.InvalidInput,
+          /use a whole number of MiB between 1 MiB and 16 TiB/,
+        );
+        expect(other.snapshot()).toEqual({
+          hosts: [],
+          instances: [],
+          volumes: [],
+          reservations: [],
+          fleetInits: [],
+        });
+      } finally {
+        other.close();
+      }
+    });
+
+    const bad: BadCase[] = [
+      [
+        'markInstancesRunning with an unknown instance',
+        (a) => a.markInstancesRunning({ instanceIds: ['i-4', 'i-9'] }),
+        ErrorType.NotFound,
+        /instance i-9 not found/,
+      ],
+      [
+        'markInstancesRunning with a malformed id',
+        (a) => a.markInstancesRunning({ instanceIds: ['i-4', '../i'] }),
+        ErrorType.InvalidInput,
+        /instanceIds\[1\] "\.\.\/i"/,
+      ],
+      [
+        'markInstancesRunning without a list',
+        (a) => a.markInstancesRunning({ instanceIds: 'i-4' as unknown as string[] }),
+        ErrorType.InvalidInput,
+        /must be a list/,
+      ],
+    ];
+    test.each(bad)('refuses %s and changes nothing', (...badCase) => expectRefused(badCase));
+  });
+
+  describe('volumes', () => {
+    test('plans, commits and describes an imported volume', async () => {
+      const image = writeImage('disk.img', 3 * MiB + 512);
+      const plan = await activities.planVolumeImport({
+        instanceId: 'i-1',
+        path: image,
+        workloadWrites: false,
+      });
+      expect(plan).toEqual({
+        volumeId: 'i-1-v1',
+        instanceId: 'i-1',
+        hostId: 'h-1',
+        sizeBytes: 3 * MiB + 512,
+        blockSize: DEFAULT_BLOCK_SIZE,
+        userData: true,
+      });
+      await activities.commitVolume(plan);
+      const after = inventory.snapshot();
+      await activities.commitVolume(plan);
+      expect(inventory.snapshot()).toEqual(after);
+      expect(await activities.describeVolume({ volumeId: 'i-1-v1' })).toEqual({
+        ...plan,
+        kind: 'instance-store',
+      });
+      expect(inventory.getInstance('i-1')!.shape.diskBytes).toBe(67 * MiB + 512);
+      expect(inventory.checkConsistency()).toEqual([]);
+
+      const next = await activities.planVolumeImport({
+        instanceId: 'i-1',
+        path: image,
+        workloadWrites: true,
+      });
+      expect(next.volumeId).toBe('i-1-v2');
+      expect(next.userData).toBe(false);
+    });
+
+    test('refuses a relative path', async () => {
+      await expectRefused([
+        '',
+        (a) => a.planVolumeImport({ instanceId: 'i-1', path: 'disk.img', workloadWrites: false }),
+        ErrorType.InvalidInput,
+        /image path "disk.img" must be absolute/,
+      ]);
+    });
+
+    test('refuses a missing file, a directory and an empty file', async () => {
+      await expectRefused([
+        '',
+        (a) =>
+          a.planVolumeImport({ instanceId: 'i-1', path: path.join(dir, 'nope.img'), workloadWrites: false }),
+        ErrorType.NotFound,
+        /no file at .*nope\.img/,
+      ]);
+      await expectRefused([
+        '',
+        (a) => a.planVolumeImport({ instanceId: 'i-1', path: dir, workloadWrites: false }),
+        ErrorType.InvalidInput,
+        /is not a regular file/,
+      ]);
+      const empty = writeImage('empty.img', 0);
+      await expectRefused([
+        '',
+        (a) => a.planVolumeImport({ instanceId: 'i-1', path: empty, workloadWrites: false }),
+        ErrorType.InvalidInput,
+        /is empty/,
+      ]);
+    });
+
+    test('tells how to pad an image that is not a whole number of sectors', async () => {
+      const odd = writeImage('odd.img', 1000);
+      await expectRefused([
+        '',
+        (a) => a.planVolumeImport({ instanceId: 'i-1', path: odd, workloadWrites: false }),
+        ErrorType.InvalidInput,
+        `is 1000 bytes, not a multiple of 512: pad it with \`truncate -s 1024 ${odd}\``,
+      ]);
+    });
+
+    test('refuses an image larger than the disk left on the host', async () => {
+      // h-1: 256 MiB of disk, 128 MiB used by i-1 and i-4.
+      const big = writeImage('big.img', 129 * MiB);
+      await expectRefused([
+        '',
+        (a) => a.planVolumeImport({ instanceId: 'i-1', path: big, workloadWrites: false }),
+        ErrorType.NoCapacity,
+        /host h-1 has 128 MiB of disk free, the image needs 129 MiB/,
+      ]);
+    });
+
+    test('refuses unknown, stopped and malformed instances', async () => {
+      const image = writeImage('disk.img', MiB);
+      await expectRefused([
+        '',
+        (a) => a.planVolumeImport({ instanceId: 'i-9', path: image, workloadWrites: false }),
+        ErrorType.NotFound,
+        /instance i-9 not found/,
+      ]);
+      await expectRefused([
+        '',
+        (a) => a.planVolumeImport({ instanceId: 'i-4', path: image, workloadWrites: false }),
+        ErrorType.InvalidState,
+        /instance i-4 is pending, not running/,
+      ]);
+      await expectRefused([
+        '',
+        (a) => a.planVolumeImport({ instanceId: '../i-1', path: image, workloadWrites: false }),
+        ErrorType.InvalidInput,
+        /instanceId "\.\.\/i-1"/,
+      ]);
+    });
+
+    const bad: BadCase[] = [
+      [
+        'a volume plan with a malformed id',
+        (a) =>
+          a.commitVolume({
+            volumeId: '../v',
+            instanceId: 'i-1',
+            hostId: 'h-1',
+            sizeBytes: MiB,
+            blockSize: DEFAULT_BLOCK_SIZE,
+            userData: true,
+          }),
+        ErrorType.InvalidInput,
+        /volumeId "\.\.\/v"/,
+      ],
+      [
+        'a volume plan for the wrong host',
+        (a) =>
+          a.commitVolume({
+            volumeId: 'i-1-v1',
+            instanceId: 'i-1',
+            hostId: 'h-2',
+            sizeBytes: MiB,
+            blockSize: DEFAULT_BLOCK_SIZE,
+            userData: true,
+          }),
+        ErrorType.InvalidState,
+        /meant for h-2 but instance i-1 is on h-1/,
+      ],
+      [
+        'describing an unknown volume',
+        (a) => a.describeVolume({ volumeId: 'i-1-v7' }),
+        ErrorType.NotFound,
+        /volume i-1-v7 not found/,
+      ],
+      [
+        'describing a malformed volume',
+        (a) => a.describeVolume({ volumeId: 'A' }),
+        ErrorType.InvalidInput,
+        /volumeId "A"/,
+      ],
+    ];
+    test.each(bad)('refuses %s and changes nothing', (...badCase) => expectRefused(badCase));
+  });
+});
