@@ -5,5 +5,6 @@ module.exports = {
   testMatch: ['<rootDir>/test/**/*.test.ts'],
   // Integration tests start a real Temporal server and real workers; give them room.
   testTimeout: 120_000,
+  setupFiles: ['<rootDir>/test/helpers/jest-setup.ts'],
   maxWorkers: 1,
 };

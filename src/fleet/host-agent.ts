@@ -1,4 +1,680 @@
-// STUB: replaced by the data-plane work.
+import * as fs from 'fs';
+import * as path from 'path';
+import { ApplicationFailure } from '@temporalio/common';
+import type { InstanceLaunch, SwitchResult, WorkloadConfig } from '../contracts';
+import { assertId, invalidState, notFound } from '../contracts';
+import type { BlockDevice } from './block-device';
+import type { BlockSource } from './block-source';
+import { HostStore, type VolumeMeta } from './host-store';
+import { ReplicaVolume } from './replica';
+import { Workload, type PauseResult } from './workload';
+import { lastLoggedSeq, nowMs } from './workload-log';
+
+export type HostInstanceState = 'prepared' | 'running' | 'paused' | 'stopped';
+
+export type LaunchVolume = InstanceLaunch['volumes'][number];
+
+export interface InstanceMigration {
+  migrationId: string;
+  sourceHostId: string;
+  targetHostId: string;
+  role: 'target' | 'source';
+  /** Latest background copy limit (bytes/s, 0 = unlimited) set for this migration; target only. */
+  bandwidthBytesPerSec?: number;
+}
+
+/** What a host keeps on its own disk about an instance it runs, receives or gave away. */
+export interface InstanceRecord {
+  instanceId: string;
+  account: string;
+  volumes: LaunchVolume[];
+  workload: WorkloadConfig;
+  state: HostInstanceState;
+  migration?: InstanceMigration;
+  /** Last workload seq known when the record was written (the log may be ahead while running). */
+  lastSeq: number;
+  /** Source side: what the pause for a switch returned, so a retried switch gets the same answer. */
+  pause?: PauseResult;
+  /** Target side: the recorded switch. */
+  switch?: SwitchResult;
+}
+
+/** How an agent reaches other hosts: their data (always) and their agent (when in this process). */
+export interface HostPeers {
+  blockSource(hostId: string): BlockSource;
+  agent(hostId: string): HostAgent | undefined;
+}
+
+export interface HostAgentOptions {
+  /** Called when a running workload's write fails (it keeps retrying). Default: a throttled warning. */
+  onWorkloadError?: (instanceId: string, err: unknown) => void;
+  /** Passed to each Workload; tests use a shorter tick. */
+  workloadTickMs?: number;
+}
+
+/** The agent of `peer` is not in this process: retryable, another worker may serve it. */
+export function hostUnreachable(hostId: string, from: string): ApplicationFailure {
+  return ApplicationFailure.create({
+    type: 'HostUnreachable',
+    message: `host agent ${hostId} is not reachable from ${from}: start a worker serving ${hostId} in the same process as ${from}`,
+    nonRetryable: false,
+  });
+}
+
+function throttledWarning(hostId: string): (instanceId: string, err: unknown) => void {
+  const last = new Map<string, number>();
+  return (instanceId, err) => {
+    const now = Date.now();
+    if (now - (last.get(instanceId) ?? 0) < 5000) return;
+    last.set(instanceId, now);
+    console.warn(
+      `[${hostId}] workload of ${instanceId}: ${err instanceof Error ? err.message : String(err)}`,
+    );
+  };
+}
+
+/** Serialises lifecycle operations per instance, so a retried activity never interleaves with its first attempt. */
+class KeyedLock {
+  private readonly tails = new Map<string, Promise<unknown>>();
+
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(fn);
+    this.tails.set(key, next);
+    try {
+      return await next;
+    } finally {
+      if (this.tails.get(key) === next) this.tails.delete(key);
+    }
+  }
+}
+
+/**
+ * One simulated host: its store, the one open device per volume (shared by the workload, the sync
+ * and export), and the instances it runs, whose state lives in `<host>/instances/<id>.json`.
+ */
 export class HostAgent {
-  constructor(readonly hostId: string) {}
+  readonly hostId: string;
+  readonly store: HostStore;
+  private readonly instancesDir: string;
+  private readonly records = new Map<string, InstanceRecord>();
+  private readonly workloads = new Map<string, Workload>();
+  private readonly devices = new Map<string, Promise<BlockDevice>>();
+  private readonly sources = new Map<string, BlockSource>();
+  /** Per-migration copy limit read by a running copy on every chunk. */
+  private readonly bandwidth = new Map<string, number>();
+  private readonly lock = new KeyedLock();
+  private readonly onWorkloadError: (instanceId: string, err: unknown) => void;
+  private started = false;
+  private closed = false;
+
+  constructor(
+    readonly dataDir: string,
+    hostId: string,
+    private readonly peers: HostPeers,
+    private readonly options: HostAgentOptions = {},
+  ) {
+    this.hostId = assertId('hostId', hostId);
+    this.store = new HostStore(dataDir, hostId);
+    this.instancesDir = path.join(this.store.root, 'instances');
+    this.onWorkloadError = options.onWorkloadError ?? throttledWarning(this.hostId);
+  }
+
+  /** Loads the instance records and resumes every instance that was running (how a killed agent comes back). */
+  async start(): Promise<void> {
+    if (this.started) return;
+    this.started = true;
+    for (const record of this.loadRecords()) {
+      this.records.set(record.instanceId, record);
+      if (record.migration?.bandwidthBytesPerSec !== undefined) {
+        this.bandwidth.set(record.migration.migrationId, record.migration.bandwidthBytesPerSec);
+      }
+    }
+    for (const record of this.records.values()) {
+      if (record.state !== 'running') continue;
+      try {
+        await this.startWorkload(record);
+      } catch (err) {
+        this.onWorkloadError(record.instanceId, err);
+      }
+    }
+  }
+
+  /** Stops every workload (records stay 'running' so a restart resumes them) and closes every device. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const [instanceId, workload] of this.workloads) {
+      const { lastSeq } = await workload.stop();
+      const record = this.records.get(instanceId);
+      if (record?.state === 'running') this.update(instanceId, (r) => ({ ...r, lastSeq }));
+    }
+    this.workloads.clear();
+    for (const volumeId of [...this.devices.keys()]) await this.closeDevice(volumeId);
+  }
+
+  // ---- records ---------------------------------------------------------------------------------
+
+  instance(instanceId: string): InstanceRecord | undefined {
+    const record = this.records.get(instanceId);
+    return record && structuredClone(record);
+  }
+
+  listInstances(): InstanceRecord[] {
+    return [...this.records.values()].map((r) => structuredClone(r));
+  }
+
+  /** The workload of an instance running (or paused) here, if any. */
+  workload(instanceId: string): Workload | undefined {
+    return this.workloads.get(instanceId);
+  }
+
+  recordPath(instanceId: string): string {
+    return path.join(this.instancesDir, `${assertId('instanceId', instanceId)}.json`);
+  }
+
+  private loadRecords(): InstanceRecord[] {
+    let names: string[];
+    try {
+      names = fs.readdirSync(this.instancesDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    return names
+      .filter((n) => n.endsWith('.json'))
+      .map((n) => JSON.parse(fs.readFileSync(path.join(this.instancesDir, n), 'utf8')) as InstanceRecord);
+  }
+
+  /**
+   * Atomic (temp + rename) and synchronous, so concurrent activities never interleave a
+   * read-modify-write. No fsync: a killed process loses nothing the kernel already has.
+   */
+  private save(record: InstanceRecord): InstanceRecord {
+    const file = this.recordPath(record.instanceId);
+    fs.mkdirSync(this.instancesDir, { recursive: true });
+    const tmp = `${file}.tmp-${process.pid}`;
+    fs.writeFileSync(tmp, JSON.stringify(record, null, 2) + '\n');
+    fs.renameSync(tmp, file);
+    this.records.set(record.instanceId, record);
+    return record;
+  }
+
+  /** Read-modify-write of the current record, in one synchronous step. */
+  private update(instanceId: string, change: (record: InstanceRecord) => InstanceRecord): InstanceRecord {
+    return this.save(change(this.require(instanceId)));
+  }
+
+  private forget(instanceId: string): void {
+    fs.rmSync(this.recordPath(instanceId), { force: true });
+    this.records.delete(instanceId);
+  }
+
+  private require(instanceId: string): InstanceRecord {
+    const record = this.records.get(assertId('instanceId', instanceId));
+    if (!record) throw notFound(`instance ${instanceId} is not on host ${this.hostId}`);
+    return record;
+  }
+
+  /** The record of the instance owning a volume on this host. */
+  ownerOf(volumeId: string): InstanceRecord | undefined {
+    for (const record of this.records.values()) {
+      if (record.volumes.some((v) => v.volumeId === volumeId)) return record;
+    }
+    return undefined;
+  }
+
+  // ---- devices ---------------------------------------------------------------------------------
+
+  /**
+   * The one open device of a volume on this host: a replica (reading through to its source) while
+   * it is being synchronised, the plain volume otherwise.
+   */
+  device(volumeId: string): Promise<BlockDevice> {
+    assertId('volumeId', volumeId);
+    let device = this.devices.get(volumeId);
+    if (!device) {
+      device = this.openDevice(volumeId);
+      this.devices.set(volumeId, device);
+      device.catch(() => {
+        if (this.devices.get(volumeId) === device) this.devices.delete(volumeId);
+      });
+    }
+    return device;
+  }
+
+  /** The replica device of a volume being synchronised here. */
+  async replica(volumeId: string): Promise<ReplicaVolume> {
+    const device = await this.device(volumeId);
+    if (!(device instanceof ReplicaVolume)) {
+      throw invalidState(`volume ${volumeId} on host ${this.hostId} is not a replica being synchronised`);
+    }
+    return device;
+  }
+
+  private async openDevice(volumeId: string): Promise<BlockDevice> {
+    if (this.closed) throw invalidState(`host agent ${this.hostId} is closed`);
+    if (!this.store.hasVolume(volumeId))
+      throw notFound(`volume ${volumeId} does not exist on host ${this.hostId}`);
+    if (!ReplicaVolume.isReplica(this.store, volumeId)) return this.store.openVolume(volumeId);
+    const owner = this.ownerOf(volumeId);
+    if (!owner?.migration || owner.migration.role !== 'target') {
+      throw invalidState(
+        `volume ${volumeId} on host ${this.hostId} is a replica but no migration to this host names its source`,
+      );
+    }
+    const source = this.peers.blockSource(owner.migration.sourceHostId);
+    try {
+      const replica = await ReplicaVolume.open(this.store, volumeId, source);
+      this.sources.set(volumeId, source);
+      return replica;
+    } catch (err) {
+      await source.close();
+      throw err;
+    }
+  }
+
+  private async closeDevice(volumeId: string): Promise<void> {
+    const device = this.devices.get(volumeId);
+    if (device) {
+      this.devices.delete(volumeId);
+      const opened = await device.catch(() => undefined);
+      await opened?.close();
+    }
+    await this.closeSource(volumeId);
+  }
+
+  /** The replica's link to its source; a finalized replica no longer reads through it. */
+  private async closeSource(volumeId: string): Promise<void> {
+    const source = this.sources.get(volumeId);
+    this.sources.delete(volumeId);
+    await source?.close();
+  }
+
+  // ---- workloads -------------------------------------------------------------------------------
+
+  private workloadFor(record: InstanceRecord): Workload {
+    let workload = this.workloads.get(record.instanceId);
+    if (!workload || workload.state === 'stopped') {
+      workload = new Workload(
+        {
+          instanceId: record.instanceId,
+          hostId: this.hostId,
+          dataDir: this.dataDir,
+          config: record.workload,
+          volumes: record.volumes,
+          device: (volumeId) => this.device(volumeId),
+          tickMs: this.options.workloadTickMs,
+          onError: (err) => this.onWorkloadError(record.instanceId, err),
+        },
+        record.lastSeq,
+      );
+      this.workloads.set(record.instanceId, workload);
+    }
+    return workload;
+  }
+
+  /** Next seq for an instance starting here: after both the record and the shared log. */
+  private nextSeq(record: InstanceRecord, atLeastAfter = 0): number {
+    return Math.max(record.lastSeq, atLeastAfter, lastLoggedSeq(this.dataDir, record.instanceId)) + 1;
+  }
+
+  private async startWorkload(record: InstanceRecord, afterSeq = 0) {
+    return this.workloadFor(record).resume(this.nextSeq(record, afterSeq));
+  }
+
+  private async stopWorkload(instanceId: string): Promise<PauseResult | undefined> {
+    const workload = this.workloads.get(instanceId);
+    if (!workload) return undefined;
+    this.workloads.delete(instanceId);
+    return workload.stop();
+  }
+
+  // ---- lifecycle -------------------------------------------------------------------------------
+
+  /** Creates the instance's volumes (pattern fill; user-data volumes come by import) and runs it. Idempotent. */
+  async launch(launch: InstanceLaunch): Promise<InstanceRecord> {
+    return this.lock.run(launch.instanceId, async () => {
+      const existing = this.records.get(launch.instanceId);
+      if (existing) {
+        if (existing.migration || existing.state === 'prepared' || existing.state === 'stopped') {
+          throw invalidState(
+            `instance ${launch.instanceId} is already on host ${this.hostId} (state ${existing.state}${existing.migration ? `, migration ${existing.migration.migrationId}` : ''}): it cannot be launched again`,
+          );
+        }
+        if (existing.state === 'running' && this.workloads.get(launch.instanceId)?.state !== 'running') {
+          await this.startWorkload(existing);
+        }
+        return structuredClone(existing);
+      }
+      for (const volume of launch.volumes) {
+        if (volume.userData) continue;
+        await this.store.createVolume(this.meta(launch.instanceId, volume), 'pattern');
+      }
+      const record = this.save({
+        instanceId: launch.instanceId,
+        account: launch.account,
+        volumes: launch.volumes.filter((v) => !v.userData),
+        workload: launch.workload,
+        state: 'running',
+        lastSeq: 0,
+      });
+      await this.startWorkload(record);
+      return structuredClone(record);
+    });
+  }
+
+  private meta(instanceId: string, volume: LaunchVolume): VolumeMeta {
+    return {
+      volumeId: volume.volumeId,
+      instanceId,
+      sizeBytes: volume.sizeBytes,
+      blockSize: volume.blockSize,
+      userData: volume.userData,
+    };
+  }
+
+  /** Target side: the record first (so a rollback finds what to delete), then empty replicas. */
+  async prepareTarget(migrationId: string, sourceHostId: string, launch: InstanceLaunch): Promise<void> {
+    await this.lock.run(launch.instanceId, async () => {
+      const existing = this.records.get(launch.instanceId);
+      if (
+        existing &&
+        !(existing.migration?.role === 'target' && existing.migration.migrationId === migrationId)
+      ) {
+        throw invalidState(
+          `instance ${launch.instanceId} is already on host ${this.hostId} (state ${existing.state}): it cannot be the target of migration ${migrationId}`,
+        );
+      }
+      if (existing?.switch) return;
+      const record =
+        existing ??
+        this.save({
+          instanceId: launch.instanceId,
+          account: launch.account,
+          volumes: launch.volumes,
+          workload: launch.workload,
+          state: 'prepared',
+          migration: { migrationId, sourceHostId, targetHostId: this.hostId, role: 'target' },
+          lastSeq: 0,
+        });
+      for (const volume of record.volumes) {
+        if (ReplicaVolume.isReplica(this.store, volume.volumeId)) continue;
+        await ReplicaVolume.create(this.store, this.meta(record.instanceId, volume));
+      }
+    });
+  }
+
+  /**
+   * Source side of a switch: stop writing here and remember why, so a restarted agent does not
+   * resume the instance. Pausing again for the same migration returns the first answer.
+   */
+  async pauseForSwitch(instanceId: string, migrationId: string, targetHostId: string): Promise<PauseResult> {
+    return this.lock.run(instanceId, async () => {
+      const record = this.require(instanceId);
+      const m = record.migration;
+      if (
+        record.state === 'paused' &&
+        m?.role === 'source' &&
+        m.migrationId === migrationId &&
+        record.pause
+      ) {
+        return record.pause;
+      }
+      if (record.state !== 'running' || m) {
+        throw invalidState(
+          `instance ${instanceId} on host ${this.hostId} is ${record.state}${m ? ` in migration ${m.migrationId}` : ''}: only a running instance not already migrating can be switched away`,
+        );
+      }
+      const pause = (await this.workloads.get(instanceId)?.pause()) ?? {
+        lastSeq: this.nextSeq(record) - 1,
+        lastWriteAtMs: null,
+        pausedAtMs: nowMs(),
+      };
+      this.update(instanceId, (r) => ({
+        ...r,
+        state: 'paused',
+        lastSeq: pause.lastSeq,
+        pause,
+        migration: { migrationId, sourceHostId: this.hostId, targetHostId, role: 'source' },
+      }));
+      return pause;
+    });
+  }
+
+  /**
+   * Target side: pause on the source, start here from the next seq. Replicas are opened before the
+   * pause, so the downtime is one pause, one state write on the source and one first write here.
+   */
+  async switchIn(migrationId: string, instanceId: string, sourceHostId: string): Promise<SwitchResult> {
+    return this.lock.run(instanceId, async () => {
+      const record = this.require(instanceId);
+      const m = record.migration;
+      if (record.switch && (!m || m.migrationId === migrationId)) {
+        if (record.state === 'running' && this.workloads.get(instanceId)?.state !== 'running') {
+          await this.startWorkload(record);
+        }
+        return record.switch;
+      }
+      if (m?.role !== 'target' || m.migrationId !== migrationId) {
+        throw invalidState(
+          `instance ${instanceId} on host ${this.hostId} is not the prepared target of migration ${migrationId}`,
+        );
+      }
+      if (m.sourceHostId !== sourceHostId) {
+        throw invalidState(
+          `migration ${migrationId} to host ${this.hostId} was prepared from host ${m.sourceHostId}, not ${sourceHostId}`,
+        );
+      }
+      const source = this.peers.agent(sourceHostId);
+      if (!source) throw hostUnreachable(sourceHostId, this.hostId);
+      for (const volume of record.volumes) await this.device(volume.volumeId);
+
+      const paused = await source.pauseForSwitch(instanceId, migrationId, this.hostId);
+      let resumed;
+      try {
+        resumed = await this.startWorkload(record, paused.lastSeq);
+      } catch (err) {
+        await this.stopWorkload(instanceId);
+        await source.resumeInstance(instanceId);
+        throw err;
+      }
+      const pausedAtMs = paused.lastWriteAtMs ?? paused.pausedAtMs;
+      const resumedAtMs = resumed.firstWriteAtMs ?? resumed.resumedAtMs;
+      const result: SwitchResult = {
+        lastSourceSeq: paused.lastSeq,
+        pausedAtMs,
+        resumedAtMs,
+        downtimeMs: resumedAtMs - pausedAtMs,
+      };
+      this.update(instanceId, (r) => ({ ...r, state: 'running', lastSeq: paused.lastSeq, switch: result }));
+      return result;
+    });
+  }
+
+  /** Runs the instance here again (compensation of a failed switch). Idempotent. */
+  async resumeInstance(instanceId: string): Promise<void> {
+    await this.lock.run(instanceId, async () => {
+      const record = this.require(instanceId);
+      if (record.state === 'running') {
+        if (this.workloads.get(instanceId)?.state !== 'running') await this.startWorkload(record);
+        return;
+      }
+      if (record.state !== 'paused') {
+        throw invalidState(
+          `instance ${instanceId} on host ${this.hostId} is ${record.state}: it cannot be resumed here`,
+        );
+      }
+      const m = record.migration;
+      const target = m && this.peers.agent(m.targetHostId)?.instance(instanceId);
+      if (m && target?.switch && target.migration?.migrationId === m.migrationId) {
+        throw invalidState(
+          `instance ${instanceId} already switched to host ${m.targetHostId} in migration ${m.migrationId}: it runs there and will not be resumed on ${this.hostId}`,
+        );
+      }
+      await this.startWorkload(record);
+      this.update(instanceId, (r) => ({ ...r, state: 'running', migration: undefined, pause: undefined }));
+    });
+  }
+
+  /** Target side: the replicas hold every block; make them plain volumes and drop the migration. */
+  async finalizeTarget(migrationId: string, instanceId: string): Promise<void> {
+    await this.lock.run(instanceId, async () => {
+      const record = this.require(instanceId);
+      const m = record.migration;
+      if (!m && record.switch) return; // finalized already
+      if (m?.role !== 'target' || m.migrationId !== migrationId) {
+        throw invalidState(
+          `instance ${instanceId} on host ${this.hostId} is not the target of migration ${migrationId}`,
+        );
+      }
+      if (!record.switch) {
+        throw invalidState(
+          `migration ${migrationId} has not switched ${instanceId} to host ${this.hostId}: nothing to finalize`,
+        );
+      }
+      for (const volume of record.volumes) {
+        if (!ReplicaVolume.isReplica(this.store, volume.volumeId)) continue;
+        // The finalized replica stays the open device: from now on it reads and writes its image only.
+        const replica = await this.replica(volume.volumeId);
+        await replica.finalize();
+        await this.closeSource(volume.volumeId);
+      }
+      this.bandwidth.delete(migrationId);
+      this.update(instanceId, (r) => ({ ...r, migration: undefined }));
+    });
+  }
+
+  /** Target side rollback before the switch. Idempotent; refused once the instance runs here. */
+  async discardTarget(migrationId: string, instanceId: string): Promise<void> {
+    await this.lock.run(assertId('instanceId', instanceId), async () => {
+      const record = this.records.get(instanceId);
+      if (!record) return;
+      const m = record.migration;
+      if (
+        record.switch ||
+        // 'stopped' without a switch is a discard interrupted by a crash: finish it.
+        (m?.role === 'target' &&
+          m.migrationId === migrationId &&
+          (record.state === 'running' || record.state === 'paused'))
+      ) {
+        throw invalidState(
+          `instance ${instanceId} already switched to host ${this.hostId}: it is authoritative here and cannot be discarded; let the sync complete`,
+        );
+      }
+      if (m?.role !== 'target' || m.migrationId !== migrationId) {
+        throw invalidState(
+          `instance ${instanceId} on host ${this.hostId} is not the prepared target of migration ${migrationId}: nothing discarded`,
+        );
+      }
+      await this.deleteInstance(record);
+    });
+  }
+
+  /** Source side after the sync: stop and delete everything of the instance here. Idempotent. */
+  async releaseSource(migrationId: string, instanceId: string): Promise<void> {
+    await this.lock.run(assertId('instanceId', instanceId), async () => {
+      const record = this.records.get(instanceId);
+      if (!record) return;
+      if (record.state === 'running' || record.state === 'prepared') {
+        throw invalidState(
+          `instance ${instanceId} still runs on host ${this.hostId} (state ${record.state}): release the source only after the switch`,
+        );
+      }
+      const m = record.migration;
+      if (record.state === 'paused' && (m?.role !== 'source' || m.migrationId !== migrationId)) {
+        throw invalidState(
+          `instance ${instanceId} on host ${this.hostId} was paused for migration ${m?.migrationId ?? '(none)'}, not ${migrationId}: not released`,
+        );
+      }
+      await this.deleteInstance(record);
+    });
+  }
+
+  /** Stopped first (so a restart never resumes it), then volumes, then the record. */
+  private async deleteInstance(record: InstanceRecord): Promise<void> {
+    await this.stopWorkload(record.instanceId);
+    if (record.state !== 'stopped')
+      record = this.update(record.instanceId, (r) => ({ ...r, state: 'stopped' }));
+    for (const volume of record.volumes) {
+      await this.closeDevice(volume.volumeId);
+      await this.store.deleteVolume(volume.volumeId);
+    }
+    this.forget(record.instanceId);
+  }
+
+  // ---- sync ------------------------------------------------------------------------------------
+
+  /** The migration this host receives an instance by, for a volume being synchronised here. */
+  targetMigration(
+    volumeId: string,
+    migrationId: string,
+  ): { record: InstanceRecord; migration?: InstanceMigration } {
+    const record = this.ownerOf(assertId('volumeId', volumeId));
+    if (!record) throw notFound(`volume ${volumeId} does not belong to any instance on host ${this.hostId}`);
+    const m = record.migration;
+    if (m && (m.role !== 'target' || m.migrationId !== migrationId)) {
+      throw invalidState(
+        `volume ${volumeId} on host ${this.hostId} is not being received by migration ${migrationId}`,
+      );
+    }
+    return { record, migration: m };
+  }
+
+  syncBandwidth(migrationId: string): number {
+    return this.bandwidth.get(migrationId) ?? 0;
+  }
+
+  /** Applies at once to a running copy (it reads the value per chunk) and is kept for a retried slice. */
+  setSyncBandwidth(migrationId: string, bytesPerSec: number): void {
+    this.bandwidth.set(migrationId, bytesPerSec);
+    for (const record of this.records.values()) {
+      const m = record.migration;
+      if (m?.role === 'target' && m.migrationId === migrationId && m.bandwidthBytesPerSec !== bytesPerSec) {
+        this.save({ ...record, migration: { ...m, bandwidthBytesPerSec: bytesPerSec } });
+      }
+    }
+  }
+
+  /** A slice's first attempt carries the workflow's current limit; a retry keeps the latest one set. */
+  initSyncBandwidth(migrationId: string, bytesPerSec: number, firstAttempt: boolean): void {
+    if (firstAttempt || !this.bandwidth.has(migrationId)) this.setSyncBandwidth(migrationId, bytesPerSec);
+  }
+
+  // ---- import ----------------------------------------------------------------------------------
+
+  /** Imports an image as a new volume of an instance running here and lets the workload see it. */
+  async importVolume(
+    meta: VolumeMeta,
+    srcPath: string,
+    onProgress?: (bytesDone: number) => void,
+  ): Promise<{ sha256: string }> {
+    return this.lock.run(meta.instanceId, async () => {
+      const record = this.require(meta.instanceId);
+      if (record.migration || record.state === 'prepared' || record.state === 'stopped') {
+        throw invalidState(
+          `instance ${meta.instanceId} on host ${this.hostId} is ${record.migration ? `migrating (${record.migration.migrationId})` : record.state}: import a volume when it runs here and is not migrating`,
+        );
+      }
+      const listed = record.volumes.find((v) => v.volumeId === meta.volumeId);
+      const sidecar = this.store.readSidecar(meta.volumeId);
+      if (listed && !sidecar?.importSha256) {
+        throw invalidState(
+          `volume ${meta.volumeId} already belongs to instance ${meta.instanceId}: pick another volume id`,
+        );
+      }
+      const { sha256 } = await this.store.importImage(meta.volumeId, meta, srcPath, onProgress);
+      if (!listed) {
+        const volume: LaunchVolume = {
+          volumeId: meta.volumeId,
+          sizeBytes: meta.sizeBytes,
+          blockSize: meta.blockSize,
+          userData: meta.userData,
+        };
+        const next = this.update(meta.instanceId, (r) => ({ ...r, volumes: [...r.volumes, volume] }));
+        this.workloads.get(meta.instanceId)?.setVolumes(next.volumes);
+      }
+      return { sha256 };
+    });
+  }
 }

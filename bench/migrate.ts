@@ -1,0 +1,131 @@
+/**
+ * bench:migrate — (a) post-sync of a 512 MiB volume with the workload idle vs `cp` of the same image on the
+ * same disk; (b) switch downtime at 64 MiB and 1 GiB, five migrations each, measured from the workload log as
+ * the gap between the last write on the source and the first on the target. Last line: one JSON object.
+ */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  CONTROL_TASK_QUEUE,
+  MiB,
+  GiB,
+  type FleetLayout,
+  type FleetSpec,
+  type LiveMigrationResult,
+} from '../src/contracts';
+import { readWorkloadLog } from '../src/fleet/workload-log';
+import { bundleWorkflows, startCluster, type TestCluster } from '../test/helpers/cluster';
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;
+
+async function fleet(cluster: TestCluster, spec: FleetSpec): Promise<FleetLayout> {
+  return cluster.client.workflow.execute('fleetInit', {
+    taskQueue: CONTROL_TASK_QUEUE,
+    workflowId: `bench-fleet-${Date.now()}`,
+    args: [spec],
+  });
+}
+
+async function migrate(cluster: TestCluster, instanceId: string, targetHostId: string): Promise<LiveMigrationResult> {
+  return cluster.client.workflow.execute('liveMigration', {
+    taskQueue: CONTROL_TASK_QUEUE,
+    workflowId: `bench-migrate-${instanceId}-${targetHostId}-${Date.now()}`,
+    args: [{ instanceId, targetHostId }],
+  });
+}
+
+/** Gap between the source's last write and the target's first, from the workload's own log. */
+function switchGapMs(dataDir: string, instanceId: string, sourceHostId: string, targetHostId: string): number {
+  const log = readWorkloadLog(dataDir, instanceId);
+  for (let i = log.length - 1; i > 0; i--) {
+    if (log[i].host === targetHostId && log[i - 1].host === sourceHostId) return log[i].t - log[i - 1].t;
+  }
+  throw new Error(`no switch from ${sourceHostId} to ${targetHostId} found in the workload log of ${instanceId}`);
+}
+
+async function syncThroughput(bundle: Awaited<ReturnType<typeof bundleWorkflows>>) {
+  const cluster = await startCluster({ workflowBundle: bundle });
+  try {
+    const size = 512 * MiB;
+    const layout = await fleet(cluster, {
+      hosts: 2,
+      instances: 1,
+      volumeSizeBytes: size,
+      workload: { writeBytesPerSec: 0, writeSize: 4096 },
+    });
+    const instance = layout.instances[0];
+    const target = layout.hosts.find((h) => h.hostId !== instance.hostId)!.hostId;
+    const volume = layout.volumes[0];
+    const image = path.join(cluster.dataDir, 'hosts', instance.hostId, 'volumes', `${volume.volumeId}.img`);
+    const cpMs: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const copy = path.join(path.dirname(image), `cp-bench-${i}.img`);
+      const t0 = performance.now();
+      execFileSync('cp', [image, copy]);
+      cpMs.push(performance.now() - t0);
+      fs.rmSync(copy);
+    }
+    const result = await migrate(cluster, instance.instanceId, target);
+    const syncMs = result.phaseMs?.syncing;
+    if (!syncMs) throw new Error('the migration result has no syncing phase time');
+    const cpMBps = size / MiB / (median(cpMs) / 1000);
+    const syncMBps = size / MiB / (syncMs / 1000);
+    console.log(`post-sync 512 MiB: ${round(syncMs)} ms (${round(syncMBps)} MB/s); cp: ${round(median(cpMs))} ms (${round(cpMBps)} MB/s)`);
+    return { syncMBps, cpMBps };
+  } finally {
+    await cluster.stop();
+  }
+}
+
+async function downtime(bundle: Awaited<ReturnType<typeof bundleWorkflows>>, sizeBytes: number, runs: number) {
+  const cluster = await startCluster({ workflowBundle: bundle });
+  try {
+    const layout = await fleet(cluster, {
+      hosts: 2,
+      instances: 1,
+      volumeSizeBytes: sizeBytes,
+      workload: { writeBytesPerSec: 4 * MiB, writeSize: 4096 },
+    });
+    const instanceId = layout.instances[0].instanceId;
+    let [from, to] = [layout.instances[0].hostId, layout.hosts.find((h) => h.hostId !== layout.instances[0].hostId)!.hostId];
+    const gaps: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      const result = await migrate(cluster, instanceId, to);
+      const gap = switchGapMs(cluster.dataDir, instanceId, from, to);
+      gaps.push(gap);
+      console.log(`downtime ${sizeBytes / MiB} MiB run ${i + 1}: ${round(gap)} ms (workflow reported ${round(result.downtimeMs)} ms)`);
+      [from, to] = [to, from];
+    }
+    return median(gaps);
+  } finally {
+    await cluster.stop();
+  }
+}
+
+async function main() {
+  const bundle = await bundleWorkflows();
+  const { syncMBps, cpMBps } = await syncThroughput(bundle);
+  const downtimeMs64MiB = await downtime(bundle, 64 * MiB, 5);
+  const downtimeMs1GiB = await downtime(bundle, 1 * GiB, 5);
+  console.log(
+    JSON.stringify({
+      syncMBps: round(syncMBps),
+      cpMBps: round(cpMBps),
+      syncVsCp: round(syncMBps / cpMBps, 3),
+      downtimeMs64MiB: round(downtimeMs64MiB),
+      downtimeMs1GiB: round(downtimeMs1GiB),
+      downtimeRatio: round(downtimeMs1GiB / downtimeMs64MiB, 3),
+    }),
+  );
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,171 @@
+import type { Command } from 'commander';
+import {
+  assertId,
+  DEFAULT_WORKLOAD,
+  Operation,
+  WorkflowType,
+  type FleetLayout,
+  type FleetSpec,
+  type InstanceRecord,
+} from '../contracts';
+import type { Inventory } from '../fleet/inventory';
+import { CliContext } from './context';
+import { humanBytes, humanRate, keyValues, table } from './format';
+import { parseCount, parseRate, parseSize } from './sizes';
+import { reportStarted, startOperation } from './start';
+
+interface InitOptions {
+  hosts: number;
+  instances: number;
+  volumeSize: number;
+  writeRate: number;
+  wait?: boolean;
+}
+
+export function registerFleet(program: Command): void {
+  const fleet = program.command('fleet').description('create and inspect the simulated fleet');
+
+  fleet
+    .command('init')
+    .description('create hosts and running instances with real volume images (workflow fleetInit)')
+    .requiredOption('--hosts <n>', 'number of hosts', (v) => parseCount(v, '--hosts'))
+    .requiredOption('--instances <n>', 'number of instances', (v) => parseCount(v, '--instances'))
+    .requiredOption('--volume-size <size>', 'size of each instance volume, e.g. 256MiB', (v) =>
+      parseSize(v, '--volume-size'),
+    )
+    .option('--write-rate <rate>', 'bytes/s each instance workload writes, e.g. 4MiB (0 = idle)', (v) =>
+      parseRate(v, '--write-rate'),
+    )
+    .option('--wait', 'wait until the fleet is running')
+    .action(async (opts: InitOptions, command: Command) => {
+      const ctx = CliContext.of(command);
+      const spec: FleetSpec = {
+        hosts: opts.hosts,
+        instances: opts.instances,
+        volumeSizeBytes: opts.volumeSize,
+        workload: {
+          ...DEFAULT_WORKLOAD,
+          writeBytesPerSec: opts.writeRate ?? DEFAULT_WORKLOAD.writeBytesPerSec,
+        },
+      };
+      const handle = await startOperation(ctx, {
+        type: WorkflowType.fleetInit,
+        workflowId: `fleet-init-${Date.now()}`,
+        args: [spec],
+        summary: `fleet init: ${spec.hosts} hosts, ${spec.instances} instances × ${humanBytes(spec.volumeSizeBytes)}`,
+        visibility: { operation: Operation.fleetInit },
+      });
+      if (!opts.wait)
+        return reportStarted(ctx, handle, 'add --wait to wait for it; `rehome fleet list` shows the fleet');
+      ctx.say(`${handle.workflowId}: creating the fleet...`);
+      const layout = (await handle.result()) as FleetLayout;
+      ctx.emit({ workflowId: handle.workflowId, ...layout });
+      ctx.say(
+        `created ${layout.hosts.length} hosts, ${layout.instances.length} instances, ${layout.volumes.length} volumes (${handle.workflowId})`,
+      );
+    });
+
+  fleet
+    .command('list')
+    .description('hosts with their usage, and instances')
+    .action((_opts: unknown, command: Command) => {
+      const ctx = CliContext.of(command);
+      const inventory = ctx.inventory();
+      const hosts = inventory.listHosts().map((h) => ({ ...h, usage: inventory.hostUsage(h.hostId) }));
+      const instances = inventory.listInstances();
+      const volumes = inventory.listVolumes();
+      ctx.emit({ hosts, instances, volumes });
+      if (ctx.json) return;
+      ctx.say(
+        table(
+          ['host', 'zone', 'instances', 'vCPU used', 'memory used', 'disk used'],
+          hosts.map((h) => [
+            h.hostId,
+            h.zone,
+            instances.filter((i) => i.hostId === h.hostId).length,
+            `${h.usage.used.vcpu}/${h.usage.capacity.vcpu}`,
+            `${humanBytes(h.usage.used.memoryMiB * 1024 * 1024)}/${humanBytes(h.usage.capacity.memoryMiB * 1024 * 1024)}`,
+            `${humanBytes(h.usage.used.diskBytes)}/${humanBytes(h.usage.capacity.diskBytes)}`,
+          ]),
+        ),
+      );
+      ctx.say(
+        table(
+          ['instance', 'account', 'host', 'state', 'volumes', 'disk', 'workload'],
+          instances.map((i) => {
+            const own = volumes.filter((v) => v.instanceId === i.instanceId);
+            return [
+              i.instanceId,
+              i.account,
+              i.hostId,
+              i.state,
+              own.map((v) => v.volumeId + (v.userData ? ' (user data)' : '')).join(', '),
+              humanBytes(own.reduce((sum, v) => sum + v.sizeBytes, 0)),
+              humanRate(i.workload.writeBytesPerSec).replace('unlimited', 'idle'),
+            ];
+          }),
+        ),
+      );
+    });
+
+  fleet
+    .command('show <id>')
+    .description('one instance (with its volumes) or one host (with its usage and instances)')
+    .action((id: string, _opts: unknown, command: Command) => {
+      const ctx = CliContext.of(command);
+      assertId('id', id);
+      const inventory = ctx.inventory();
+      const instance = inventory.getInstance(id);
+      if (instance) return showInstance(ctx, inventory, instance);
+      const host = inventory.getHost(id);
+      if (!host)
+        throw new Error(`no instance or host ${JSON.stringify(id)}: \`rehome fleet list\` shows what exists`);
+      const usage = inventory.hostUsage(id);
+      const instances = inventory.listInstances({ hostId: id });
+      ctx.emit({ ...host, usage, instances });
+      ctx.say(
+        keyValues([
+          ['host', host.hostId],
+          ['zone', host.zone],
+          ['vCPU', `${usage.used.vcpu} used of ${usage.capacity.vcpu}`],
+          ['memory', `${usage.used.memoryMiB} MiB used of ${usage.capacity.memoryMiB} MiB`],
+          ['disk', `${humanBytes(usage.used.diskBytes)} used of ${humanBytes(usage.capacity.diskBytes)}`],
+          ['instances', instances.map((i) => `${i.instanceId} (${i.state})`).join(', ') || '-'],
+        ]),
+      );
+    });
+}
+
+function showInstance(ctx: CliContext, inventory: Inventory, instance: InstanceRecord): void {
+  const volumes = inventory.listVolumes({ instanceId: instance.instanceId });
+  ctx.emit({ ...instance, volumes });
+  ctx.say(
+    keyValues([
+      ['instance', instance.instanceId],
+      ['account', instance.account],
+      ['host', instance.hostId],
+      ['state', instance.state],
+      [
+        'shape',
+        `${instance.shape.vcpu} vCPU, ${instance.shape.memoryMiB} MiB, ${humanBytes(instance.shape.diskBytes)} disk`,
+      ],
+      [
+        'workload',
+        `${humanRate(instance.workload.writeBytesPerSec).replace('unlimited', 'idle')} in ${instance.workload.writeSize} B writes`,
+      ],
+      [
+        'tags',
+        Object.entries(instance.tags)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(', ') || '-',
+      ],
+      ...volumes.map(
+        (v) =>
+          [
+            `volume ${v.volumeId}`,
+            `${humanBytes(v.sizeBytes)}, ${v.blockSize / 1024} KiB blocks${v.userData ? ', user data' : ''}`,
+          ] as [string, string],
+      ),
+    ]),
+  );
+}

@@ -1,0 +1,92 @@
+import { SingleBar } from 'cli-progress';
+import type { WorkflowHandle } from '@temporalio/client';
+import { progressQuery, type LiveMigrationResult, type MigrationProgress } from '../contracts';
+import { humanBytes, humanDuration, humanRate, keyValues } from './format';
+
+const POLL_MS = 250;
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function eta(seconds: number | null): string {
+  return seconds === null ? '-' : humanDuration(seconds * 1000);
+}
+
+/**
+ * Waits for a live migration to close, showing its `progress` query as a bar (on a terminal) or one
+ * line per phase (in a log). Resolves with the result; rejects as handle.result() does.
+ */
+export async function followMigration(
+  handle: WorkflowHandle,
+  out: { json: boolean; say(line: string): void },
+): Promise<LiveMigrationResult> {
+  const result = handle.result() as Promise<LiveMigrationResult>;
+  let closed = false;
+  const settled = result.then(
+    () => (closed = true),
+    () => (closed = true),
+  );
+  const tty = !out.json && process.stdout.isTTY === true;
+  const bar = tty
+    ? new SingleBar({
+        format: '{phase} |{bar}| {percentage}% {moved}/{size} | {rate} | limit {limit} | eta {left}',
+        barsize: 30,
+        hideCursor: true,
+        clearOnComplete: false,
+      })
+    : undefined;
+  let lastPhase = '';
+  try {
+    bar?.start(1, 0, { phase: 'starting', moved: '0 B', size: '?', rate: '-', limit: '-', left: '-' });
+    while (!closed) {
+      const progress = await handle.query(progressQuery).catch(() => undefined);
+      if (progress) {
+        if (bar) render(bar, progress);
+        else if (!out.json && progress.phase !== lastPhase)
+          out.say(`${handle.workflowId}: ${phaseLine(progress)}`);
+        lastPhase = progress.phase;
+      }
+      await Promise.race([sleep(POLL_MS), settled]);
+    }
+  } finally {
+    bar?.stop();
+  }
+  return await result;
+}
+
+function render(bar: SingleBar, p: MigrationProgress): void {
+  const total = Math.max(1, p.blocksTotal);
+  bar.setTotal(total);
+  const fraction = p.blocksTotal > 0 ? p.blocksDone / p.blocksTotal : 0;
+  bar.update(p.blocksTotal > 0 ? p.blocksDone : 0, {
+    phase: p.phase.padEnd(13),
+    moved: humanBytes(Math.round(fraction * p.bytesTotal)),
+    size: humanBytes(p.bytesTotal),
+    rate: p.rateBytesPerSec > 0 ? humanRate(p.rateBytesPerSec) : '-',
+    limit: humanRate(p.bandwidthBytesPerSec),
+    left: eta(p.etaSeconds),
+  });
+}
+
+export function phaseLine(p: MigrationProgress): string {
+  const pct = p.blocksTotal > 0 ? ` ${Math.floor((100 * p.blocksDone) / p.blocksTotal)}%` : '';
+  return `${p.phase}${pct}${p.cancelRefused ? ' (cancel refused: already switched)' : ''}`;
+}
+
+/** The numbers an operator asks after a migration. */
+export function migrationSummary(r: LiveMigrationResult): string {
+  return keyValues([
+    ['instance', `${r.instanceId} (${r.account})`],
+    ['moved', `${r.sourceHostId} → ${r.targetHostId}`],
+    ['downtime', humanDuration(r.downtimeMs)],
+    [
+      'bytes moved',
+      `${humanBytes(r.bytesCopied + r.bytesReadThrough)} (${humanBytes(r.bytesCopied)} copied, ${humanBytes(r.bytesReadThrough)} read through)`,
+    ],
+    ['duration', humanDuration(r.durationMs)],
+    ['blocks verified', r.blocksVerified],
+    ['blocks written during sync', r.blocksWrittenOnTarget],
+    ...(r.cancelRefused ? [['cancel', 'refused: it arrived after the switch'] as [string, string]] : []),
+  ]);
+}

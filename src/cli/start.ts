@@ -1,0 +1,83 @@
+import type { Client, WorkflowHandleWithFirstExecutionRunId as StartedHandle } from '@temporalio/client';
+import type { SearchAttributePair } from '@temporalio/common';
+import {
+  AccountKey,
+  CONTROL_TASK_QUEUE,
+  HostIdKey,
+  ID_PATTERN,
+  InstanceIdKey,
+  OperationKey,
+  PhaseKey,
+} from '../contracts';
+import { workflowUrl } from '../temporal/connection';
+import type { CliContext } from './context';
+import { explainStartError } from './errors';
+
+export interface Visibility {
+  operation: string;
+  instanceId?: string;
+  hostId?: string;
+  account?: string;
+  phase?: string;
+}
+
+export interface StartRequest {
+  type: string;
+  workflowId: string;
+  args: unknown[];
+  /** One line in the Web UI's workflow list. */
+  summary: string;
+  visibility: Visibility;
+}
+
+function searchAttributes(v: Visibility): SearchAttributePair[] {
+  const pairs: SearchAttributePair[] = [{ key: OperationKey, value: v.operation }];
+  if (v.instanceId) pairs.push({ key: InstanceIdKey, value: v.instanceId });
+  if (v.hostId) pairs.push({ key: HostIdKey, value: v.hostId });
+  if (v.account) pairs.push({ key: AccountKey, value: v.account });
+  if (v.phase) pairs.push({ key: PhaseKey, value: v.phase });
+  return pairs;
+}
+
+/**
+ * A workflow id from a prefix and the things it acts on, plus a time-based nonce. Kept to the id
+ * pattern because workflows use their own id as a key in paths; long parts are dropped, not cut.
+ */
+export function operationId(prefix: string, parts: string[], now = Date.now()): string {
+  const nonce = now.toString(36);
+  for (let keep = parts.length; keep >= 0; keep -= 1) {
+    const id = [prefix, ...parts.slice(0, keep), nonce].join('-');
+    if (ID_PATTERN.test(id)) return id;
+  }
+  return `${prefix}-${nonce}`;
+}
+
+/** Starts a workflow on the control queue, after checking that a worker will pick it up. */
+export async function startOperation(ctx: CliContext, request: StartRequest): Promise<StartedHandle> {
+  await ctx.requireWorker();
+  return startWorkflow(await ctx.client(), request);
+}
+
+/** Starts a workflow on the control queue with its summary and search attributes set from the start. */
+export async function startWorkflow(client: Client, request: StartRequest): Promise<StartedHandle> {
+  try {
+    return await client.workflow.start(request.type, {
+      taskQueue: CONTROL_TASK_QUEUE,
+      workflowId: request.workflowId,
+      args: request.args,
+      staticSummary: request.summary,
+      typedSearchAttributes: searchAttributes(request.visibility),
+    });
+  } catch (err) {
+    throw explainStartError(err);
+  }
+}
+
+/** "started <id>" and where to watch it, or the ids as JSON. */
+export function reportStarted(ctx: CliContext, handle: StartedHandle, hint?: string): void {
+  const url = workflowUrl(ctx.target, handle.workflowId);
+  ctx.emit({ workflowId: handle.workflowId, runId: handle.firstExecutionRunId, url });
+  ctx.say(`started ${handle.workflowId}`);
+  if (url) ctx.say(`  Web UI: ${url}`);
+  if (hint) ctx.say(`  ${hint}`);
+}

@@ -1,0 +1,129 @@
+import { isCancellation, workflowInfo } from '@temporalio/workflow';
+import {
+  assertId,
+  invalidInput,
+  MAX_VOLUME_BYTES,
+  Operation,
+  SECTOR_SIZE,
+  type FleetLayout,
+  type FleetSpec,
+  type InstanceLaunch,
+} from '../contracts';
+import { controlActivities, hostActivities } from './activity-proxies';
+import { surfaceFailure } from './failures';
+import { formatBytes } from './format';
+import { assertNonNegativeInteger, assertObject, assertPositiveInteger } from './validation';
+import { showPhase, upsertVisibility } from './visibility';
+
+/**
+ * Creates a simulated fleet: the inventory records hosts, instances and volumes (keyed by this
+ * workflow, so a retry does not create a second fleet), then every host agent creates its volumes
+ * and starts its instances, all hosts in parallel.
+ */
+export async function fleetInit(spec: FleetSpec): Promise<FleetLayout> {
+  validateFleetSpec(spec);
+  const key = assertId('workflow id (the fleet key)', workflowInfo().workflowId);
+  try {
+    return await initFleet(key, spec);
+  } catch (err) {
+    const surfaced = surfaceFailure(err);
+    const why = isCancellation(err) ? 'cancelled' : 'failed';
+    showPhase(
+      why,
+      `**${why}** fleet init: ${surfaced instanceof Error ? surfaced.message : String(surfaced)}`,
+    );
+    throw surfaced;
+  }
+}
+
+async function initFleet(key: string, spec: FleetSpec): Promise<FleetLayout> {
+  const control = controlActivities();
+  upsertVisibility({ operation: Operation.fleetInit });
+  showPhase(
+    'planning',
+    `**planning** ${spec.hosts} host(s), ${spec.instances} instance(s) of ${formatBytes(spec.volumeSizeBytes)}`,
+  );
+  const layout = await control.createFleet.executeWithOptions({ summary: `record fleet ${key}` }, [
+    { key, spec },
+  ]);
+
+  const launchesByHost = groupLaunchesByHost(layout);
+  showPhase(
+    'launching',
+    `**launching** ${layout.instances.length} instance(s) on ${launchesByHost.size} host(s), writing ${layout.volumes.length} volume image(s)`,
+  );
+  // Writing every image of a host can take minutes for big volumes; the agent heartbeats meanwhile.
+  await Promise.all(
+    [...launchesByHost].map(([hostId, launches]) =>
+      hostActivities(hostId).launchInstances.executeWithOptions(
+        {
+          startToCloseTimeout: '30 minutes',
+          heartbeatTimeout: '30s',
+          summary: `launch ${launches.length} instance(s) on ${hostId}`,
+        },
+        [launches],
+      ),
+    ),
+  );
+
+  showPhase('marking', `**marking** ${layout.instances.length} instance(s) running in the inventory`);
+  await control.markInstancesRunning.executeWithOptions({ summary: 'mark instances running' }, [
+    { instanceIds: layout.instances.map((i) => i.instanceId) },
+  ]);
+  showPhase(
+    'completed',
+    `**completed** fleet of ${layout.hosts.length} host(s), ${layout.instances.length} instance(s), ${layout.volumes.length} volume(s)`,
+  );
+  return layout;
+}
+
+function groupLaunchesByHost(layout: FleetLayout): Map<string, InstanceLaunch[]> {
+  const byHost = new Map<string, InstanceLaunch[]>();
+  for (const instance of layout.instances) {
+    const hostId = assertId('layout instance host', instance.hostId);
+    const launch: InstanceLaunch = {
+      instanceId: instance.instanceId,
+      account: instance.account,
+      volumes: layout.volumes
+        .filter((v) => v.instanceId === instance.instanceId)
+        .map(({ volumeId, sizeBytes, blockSize, userData }) => ({
+          volumeId,
+          sizeBytes,
+          blockSize,
+          userData,
+        })),
+      workload: instance.workload,
+    };
+    byHost.set(hostId, [...(byHost.get(hostId) ?? []), launch]);
+  }
+  return byHost;
+}
+
+function validateFleetSpec(spec: unknown): asserts spec is FleetSpec {
+  const fields = assertObject('fleet spec', spec);
+  assertPositiveInteger('hosts', fields.hosts);
+  assertNonNegativeInteger('instances', fields.instances);
+  const size = assertPositiveInteger('volumeSizeBytes', fields.volumeSizeBytes);
+  if (size % SECTOR_SIZE !== 0 || size > MAX_VOLUME_BYTES) {
+    throw invalidInput(
+      `volumeSizeBytes ${size} is not a usable disk size: give a multiple of ${SECTOR_SIZE} bytes up to ${formatBytes(MAX_VOLUME_BYTES)}, e.g. 268435456 for 256 MiB`,
+    );
+  }
+  if (fields.accounts !== undefined) {
+    if (!Array.isArray(fields.accounts) || fields.accounts.length === 0) {
+      throw invalidInput('accounts must be a non-empty list of account ids, e.g. ["acme", "globex"]');
+    }
+    fields.accounts.forEach((account, i) => assertId(`accounts[${i}]`, account));
+  }
+  if (fields.workload !== undefined) {
+    const workload = assertObject('workload', fields.workload);
+    assertNonNegativeInteger('workload.writeBytesPerSec', workload.writeBytesPerSec);
+    const writeSize = assertPositiveInteger('workload.writeSize', workload.writeSize);
+    if (writeSize % SECTOR_SIZE !== 0) {
+      throw invalidInput(`workload.writeSize ${writeSize} must be a multiple of ${SECTOR_SIZE}, e.g. 4096`);
+    }
+  }
+  if (fields.fill !== undefined && fields.fill !== 'pattern' && fields.fill !== 'zero') {
+    throw invalidInput(`fill ${JSON.stringify(fields.fill)} is not known: use "pattern" or "zero"`);
+  }
+}

@@ -1,0 +1,56 @@
+import { Client, Connection } from '@temporalio/client';
+import { bundleWorkflowCode, NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startDevServer, type DevServer } from '../../src/temporal/dev-server';
+import { freePort } from '../../src/temporal/ports';
+import { startWorkers, type RunningWorkers } from '../../src/worker';
+
+/**
+ * A real embedded Temporal dev server on free ports, real workers (control + every host agent) in this
+ * process, and a temp data dir: what the integration tests, the history recorder and the benches run on.
+ */
+export interface TestCluster {
+  dataDir: string;
+  server: DevServer;
+  client: Client;
+  workers: RunningWorkers;
+  stop(): Promise<void>;
+}
+
+export function bundleWorkflows(): Promise<WorkflowBundleWithSourceMap> {
+  return bundleWorkflowCode({
+    workflowsPath: require.resolve('../../src/workflows'),
+    logger: { log: () => undefined, trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined },
+  });
+}
+
+export async function startCluster(
+  opts: { workflowBundle?: WorkflowBundleWithSourceMap; dataDir?: string } = {},
+): Promise<TestCluster> {
+  const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-it-'));
+  const server = await startDevServer({ dataDir, port: await freePort(), uiPort: await freePort() });
+  const workerConnection = await NativeConnection.connect({ address: server.address });
+  const clientConnection = await Connection.connect({ address: server.address });
+  const client = new Client({ connection: clientConnection, namespace: server.namespace });
+  const workers = await startWorkers({
+    connection: workerConnection,
+    namespace: server.namespace,
+    dataDir,
+    workflowBundle: opts.workflowBundle ?? (await bundleWorkflows()),
+  });
+  return {
+    dataDir,
+    server,
+    client,
+    workers,
+    async stop() {
+      await workers.shutdown();
+      await workerConnection.close();
+      await clientConnection.close();
+      await server.stop();
+      if (!opts.dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}

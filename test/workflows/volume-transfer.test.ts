@@ -1,0 +1,167 @@
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import {
+  CONTROL_TASK_QUEUE,
+  DEFAULT_BLOCK_SIZE,
+  ErrorType,
+  HostIdKey,
+  hostTaskQueue,
+  InstanceIdKey,
+  MiB,
+  notFound,
+  OperationKey,
+  PhaseKey,
+  WorkflowType,
+  type VolumeExportInput,
+  type VolumeImportInput,
+} from '../../src/contracts';
+import type { volumeExport, volumeImport } from '../../src/workflows';
+import { startTestBed, type WorkflowTestBed } from '../helpers/workflow-harness';
+
+let bed: WorkflowTestBed;
+let seq = 0;
+
+beforeAll(async () => {
+  bed = await startTestBed();
+});
+
+afterAll(async () => {
+  await bed?.stop();
+});
+
+beforeEach(() => bed.mocks.reset());
+
+function startImport(input: VolumeImportInput): Promise<WorkflowHandle<typeof volumeImport>> {
+  seq += 1;
+  return bed.client.workflow.start<typeof volumeImport>(WorkflowType.volumeImport, {
+    taskQueue: CONTROL_TASK_QUEUE,
+    workflowId: `volume-import-${seq}`,
+    args: [input],
+  });
+}
+
+function startExport(input: VolumeExportInput): Promise<WorkflowHandle<typeof volumeExport>> {
+  seq += 1;
+  return bed.client.workflow.start<typeof volumeExport>(WorkflowType.volumeExport, {
+    taskQueue: CONTROL_TASK_QUEUE,
+    workflowId: `volume-export-${seq}`,
+    args: [input],
+  });
+}
+
+async function failureOf(handle: WorkflowHandle): Promise<unknown> {
+  const err = await handle.result().then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(WorkflowFailedError);
+  return (err as WorkflowFailedError).cause;
+}
+
+describe('volumeImport', () => {
+  it('plans, copies the image in on the instance host, then commits the volume', async () => {
+    const handle = await startImport({ instanceId: 'i-3', path: '/var/tmp/disk.img' });
+    const result = await handle.result();
+
+    expect(bed.mocks.calls.map((c) => `${c.name}@${c.taskQueue}`)).toEqual([
+      `planVolumeImport@${CONTROL_TASK_QUEUE}`,
+      `importVolume@${hostTaskQueue('h-3')}`,
+      `commitVolume@${CONTROL_TASK_QUEUE}`,
+    ]);
+    expect(bed.mocks.callsTo('planVolumeImport')[0].input).toEqual({
+      instanceId: 'i-3',
+      path: '/var/tmp/disk.img',
+      workloadWrites: false,
+    });
+    const plan = {
+      volumeId: 'v-i-3-imported',
+      instanceId: 'i-3',
+      hostId: 'h-3',
+      sizeBytes: 8 * MiB,
+      blockSize: DEFAULT_BLOCK_SIZE,
+      userData: true,
+    };
+    expect(bed.mocks.callsTo('importVolume')[0].input).toEqual({
+      volumeId: plan.volumeId,
+      instanceId: 'i-3',
+      path: '/var/tmp/disk.img',
+      sizeBytes: plan.sizeBytes,
+      blockSize: plan.blockSize,
+      userData: true,
+    });
+    expect(bed.mocks.callsTo('commitVolume')[0].input).toEqual(plan);
+    expect(result).toEqual({
+      volumeId: plan.volumeId,
+      instanceId: 'i-3',
+      hostId: 'h-3',
+      sizeBytes: 8 * MiB,
+      sha256: 'ab'.repeat(32),
+    });
+
+    const attributes = (await handle.describe()).typedSearchAttributes;
+    expect(attributes.get(OperationKey)).toBe('volume-import');
+    expect(attributes.get(InstanceIdKey)).toBe('i-3');
+    expect(attributes.get(HostIdKey)).toBe('h-3');
+    expect(attributes.get(PhaseKey)).toBe('completed');
+  });
+
+  const bad: [string, unknown][] = [
+    ['relative path', { instanceId: 'i-3', path: 'disk.img' }],
+    ['empty path', { instanceId: 'i-3', path: '' }],
+    ['path with NUL', { instanceId: 'i-3', path: '/tmp/a\0b' }],
+    ['bad instance id', { instanceId: '../i-3', path: '/tmp/disk.img' }],
+    ['non-boolean workloadWrites', { instanceId: 'i-3', path: '/tmp/disk.img', workloadWrites: 'yes' }],
+  ];
+
+  it.each(bad)('rejects bad input before touching anything: %s', async (_name, input) => {
+    const cause = await failureOf(await startImport(input as VolumeImportInput));
+    expect(cause).toBeInstanceOf(ApplicationFailure);
+    expect(cause).toMatchObject({ type: ErrorType.InvalidInput, nonRetryable: true });
+    expect(bed.mocks.calls).toEqual([]);
+  });
+});
+
+describe('volumeExport', () => {
+  it('finds the volume host and writes the image out from there', async () => {
+    const handle = await startExport({ volumeId: 'v-7', path: '/var/tmp/out.img' });
+    const result = await handle.result();
+
+    expect(bed.mocks.calls.map((c) => `${c.name}@${c.taskQueue}`)).toEqual([
+      `describeVolume@${CONTROL_TASK_QUEUE}`,
+      `exportVolume@${hostTaskQueue('h-2')}`,
+    ]);
+    expect(bed.mocks.callsTo('exportVolume')[0].input).toEqual({ volumeId: 'v-7', path: '/var/tmp/out.img' });
+    expect(result).toEqual({
+      volumeId: 'v-7',
+      hostId: 'h-2',
+      path: '/var/tmp/out.img',
+      sizeBytes: 8 * MiB,
+      sha256: 'cd'.repeat(32),
+    });
+    const attributes = (await handle.describe()).typedSearchAttributes;
+    expect(attributes.get(OperationKey)).toBe('volume-export');
+    expect(attributes.get(InstanceIdKey)).toBe('i-5');
+    expect(attributes.get(HostIdKey)).toBe('h-2');
+    expect(attributes.get(PhaseKey)).toBe('completed');
+  });
+
+  it('rejects a relative path and a malformed volume id before touching anything', async () => {
+    for (const input of [
+      { volumeId: 'v-7', path: 'out.img' },
+      { volumeId: 'V 7', path: '/tmp/out.img' },
+    ]) {
+      const cause = await failureOf(await startExport(input));
+      expect(cause).toMatchObject({ type: ErrorType.InvalidInput, nonRetryable: true });
+    }
+    expect(bed.mocks.calls).toEqual([]);
+  });
+
+  it('surfaces an unknown volume without retrying it', async () => {
+    bed.mocks.overrides.describeVolume = async () => {
+      throw notFound('volume v-404 not found');
+    };
+    const cause = await failureOf(await startExport({ volumeId: 'v-404', path: '/tmp/out.img' }));
+    expect(cause).toMatchObject({ type: ErrorType.NotFound, message: 'volume v-404 not found' });
+    expect(bed.mocks.names()).toEqual(['describeVolume']);
+  });
+});
