@@ -62,11 +62,9 @@ const PACED_CHUNK_SECONDS = 0.25;
 interface Chunk {
   first: number;
   count: number;
-  /** Blocks that were Missing when claimed, now Copying. */
+  /** Blocks that were Missing when claimed: the ones this chunk writes. */
   claimed: number[];
   release: () => void;
-  /** The Copying marks are in the map file. */
-  marked?: Promise<void>;
   data: Promise<Buffer>;
   /** Set once the chunk enters the store window: bytes written. */
   stored?: Promise<number>;
@@ -76,7 +74,7 @@ interface Chunk {
  * Exclusive locks on block ranges. Whoever moves a block out of Missing (background copy, read-through,
  * a write to a missing block) holds a lock covering it and checks the state under it, so a copy of
  * stale source data can never land on a block the workload has written. The copy holds its chunk's
- * lock from claiming it (Missing -> Copying) until its data is written (Copying -> Copied). Waiters are served in order;
+ * lock from planning it (before fetching) until its data is written and marked Copied. Waiters are served in order;
  * a later waiter may pass an earlier one only if their ranges do not overlap.
  */
 class RangeLock {
@@ -507,10 +505,10 @@ export class ReplicaVolume implements BlockDevice {
   }
 
   /**
-   * Takes the chunk's range lock and marks its Missing blocks Copying (persisting that while the data
-   * is fetched), so nothing else moves them until the copy has written them. The lock is held until
-   * the chunk is stored: a workload request for one of these blocks waits for it. Only waits for the
-   * lock when the copy holds no other (`mayWait`), so it can never wait on a request that waits on it.
+   * Takes the chunk's range lock and starts fetching its Missing blocks. The lock is what reserves
+   * them (their state stays Missing until the chunk is stored): a workload request for one of them
+   * waits until the copy has written it. Only waits for the lock when the copy holds no other lock
+   * (`mayWait`), so it can never wait on a request that itself waits on the copy.
    */
   private async claim(first: number, count: number, mayWait: boolean): Promise<Chunk | undefined> {
     const last = first + count - 1;
@@ -520,19 +518,23 @@ export class ReplicaVolume implements BlockDevice {
     const claimed = this.blocksIn(first, last, BlockState.Missing);
     const chunk: Chunk = { first, count, claimed, release, data: Promise.resolve(Buffer.alloc(0)) };
     if (claimed.length === 0) return chunk;
-    chunk.marked = this.map.setBlocks(claimed, BlockState.Copying);
-    chunk.marked.catch(() => undefined); // awaited by storeChunk()
     chunk.data = this.fetch(first, count);
     chunk.data.catch(() => undefined); // awaited by storeChunk()
     return chunk;
   }
 
-  /** Writes a claimed chunk: Copying is durable first, then the data, then Copied. Releases the lock. */
+  /**
+   * Writes a claimed chunk: its blocks are marked Copying in the map (while the previous chunk's data
+   * is being written), then the data, then Copied. So after a crash at most the STORE_WINDOW chunks
+   * being written count as copied twice. Releases the lock.
+   */
   private async storeChunk(chunk: Chunk): Promise<number> {
     const { first, claimed } = chunk;
     let written = false;
     try {
-      const [data] = await Promise.all([chunk.data, chunk.marked]);
+      const marked = this.map.setBlocks(claimed, BlockState.Copying);
+      marked.catch(() => undefined); // awaited just below, with the data
+      const [data] = await Promise.all([chunk.data, marked]);
       let bytes = 0;
       for (let r = 0; r < claimed.length;) {
         let end = r + 1;

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { WorkflowType } from '../../src/contracts';
 
+// protobufjs is a direct dependency so the SDK packages share one copy: historyFromJSON needs that.
 // Histories recorded from real runs against the embedded dev server (`npm run record-histories`).
 // Replaying them with today's workflow code catches any change that would break running workflows.
 const dir = path.resolve(__dirname, '../histories');
