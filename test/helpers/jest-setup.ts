@@ -1,4 +1,9 @@
-import { installCliRuntime } from '../../src/worker';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 
-// Keep test output to what matters: SDK logs at WARN, one line each.
-installCliRuntime();
+// Tests fail, cancel and reject on purpose; they assert outcomes, so keep the SDK's own logging
+// (TypeScript and native) to real errors.
+Runtime.install({
+  logger: new DefaultLogger('ERROR'),
+  telemetryOptions: { logging: { filter: { core: 'ERROR', other: 'ERROR' } } },
+  shutdownSignals: [],
+});

@@ -2,7 +2,7 @@ import { Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { bundleWorkflowCode, DefaultLogger, Runtime, Worker } from '@temporalio/worker';
+import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
 import type { ControlActivities } from '../../src/activities/control-activities';
 import type { HostActivities } from '../../src/activities/host-activities';
 import {
@@ -208,8 +208,6 @@ export interface WorkflowTestBed {
   stop(): Promise<void>;
 }
 
-let runtimeInstalled = false;
-
 /** Like the embedded dev server, the test server rejects upserts of attributes it has not been told about. */
 async function registerSearchAttributes(env: TestWorkflowEnvironment): Promise<void> {
   const keyword = temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD;
@@ -220,14 +218,6 @@ async function registerSearchAttributes(env: TestWorkflowEnvironment): Promise<v
 }
 
 export async function startTestBed(): Promise<WorkflowTestBed> {
-  if (!runtimeInstalled) {
-    runtimeInstalled = true;
-    // Mocks fail and get cancelled on purpose; keep the SDK's own logging (TS and native) to real errors.
-    Runtime.install({
-      logger: new DefaultLogger('ERROR'),
-      telemetryOptions: { logging: { filter: { core: 'ERROR', other: 'ERROR' } } },
-    });
-  }
   const env = await TestWorkflowEnvironment.createTimeSkipping({
     server: { executable: { type: 'existing-path', path: testServerPath() } },
   });
