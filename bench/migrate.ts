@@ -15,6 +15,7 @@ import {
   type LiveMigrationResult,
 } from '../src/contracts';
 import { readWorkloadLog } from '../src/fleet/workload-log';
+import { installCliRuntime } from '../src/worker';
 import { bundleWorkflows, startCluster, type TestCluster } from '../test/helpers/cluster';
 
 const median = (xs: number[]) => {
@@ -32,7 +33,11 @@ async function fleet(cluster: TestCluster, spec: FleetSpec): Promise<FleetLayout
   });
 }
 
-async function migrate(cluster: TestCluster, instanceId: string, targetHostId: string): Promise<LiveMigrationResult> {
+async function migrate(
+  cluster: TestCluster,
+  instanceId: string,
+  targetHostId: string,
+): Promise<LiveMigrationResult> {
   return cluster.client.workflow.execute('liveMigration', {
     taskQueue: CONTROL_TASK_QUEUE,
     workflowId: `bench-migrate-${instanceId}-${targetHostId}-${Date.now()}`,
@@ -41,12 +46,19 @@ async function migrate(cluster: TestCluster, instanceId: string, targetHostId: s
 }
 
 /** Gap between the source's last write and the target's first, from the workload's own log. */
-function switchGapMs(dataDir: string, instanceId: string, sourceHostId: string, targetHostId: string): number {
+function switchGapMs(
+  dataDir: string,
+  instanceId: string,
+  sourceHostId: string,
+  targetHostId: string,
+): number {
   const log = readWorkloadLog(dataDir, instanceId);
   for (let i = log.length - 1; i > 0; i--) {
     if (log[i].host === targetHostId && log[i - 1].host === sourceHostId) return log[i].t - log[i - 1].t;
   }
-  throw new Error(`no switch from ${sourceHostId} to ${targetHostId} found in the workload log of ${instanceId}`);
+  throw new Error(
+    `no switch from ${sourceHostId} to ${targetHostId} found in the workload log of ${instanceId}`,
+  );
 }
 
 async function syncThroughput(bundle: Awaited<ReturnType<typeof bundleWorkflows>>) {
@@ -60,30 +72,46 @@ async function syncThroughput(bundle: Awaited<ReturnType<typeof bundleWorkflows>
       workload: { writeBytesPerSec: 0, writeSize: 4096 },
     });
     const instance = layout.instances[0];
-    const target = layout.hosts.find((h) => h.hostId !== instance.hostId)!.hostId;
     const volume = layout.volumes[0];
-    const image = path.join(cluster.dataDir, 'hosts', instance.hostId, 'volumes', `${volume.volumeId}.img`);
+    let [from, to] = [instance.hostId, layout.hosts.find((h) => h.hostId !== instance.hostId)!.hostId];
     const cpMs: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      const copy = path.join(path.dirname(image), `cp-bench-${i}.img`);
+    const syncMs: number[] = [];
+    // Run 0 is a warm-up: this VM backs memory lazily and the JIT is cold, and neither is what we measure.
+    for (let run = 0; run <= 3; run++) {
+      const image = path.join(cluster.dataDir, 'hosts', from, 'volumes', `${volume.volumeId}.img`);
+      const copy = path.join(path.dirname(image), 'cp-bench.img');
+      execFileSync('sync');
       const t0 = performance.now();
       execFileSync('cp', [image, copy]);
-      cpMs.push(performance.now() - t0);
+      const cpTook = performance.now() - t0;
       fs.rmSync(copy);
+      execFileSync('sync');
+      const result = await migrate(cluster, instance.instanceId, to);
+      const took = result.phaseMs?.syncing;
+      if (!took) throw new Error('the migration result has no syncing phase time');
+      console.log(
+        `run ${run}${run === 0 ? ' (warm-up)' : ''}: post-sync ${round(took)} ms, cp ${round(cpTook)} ms`,
+      );
+      if (run > 0) {
+        cpMs.push(cpTook);
+        syncMs.push(took);
+      }
+      [from, to] = [to, from];
     }
-    const result = await migrate(cluster, instance.instanceId, target);
-    const syncMs = result.phaseMs?.syncing;
-    if (!syncMs) throw new Error('the migration result has no syncing phase time');
-    const cpMBps = size / MiB / (median(cpMs) / 1000);
-    const syncMBps = size / MiB / (syncMs / 1000);
-    console.log(`post-sync 512 MiB: ${round(syncMs)} ms (${round(syncMBps)} MB/s); cp: ${round(median(cpMs))} ms (${round(cpMBps)} MB/s)`);
+    const cpMBps = size / 1e6 / (median(cpMs) / 1000);
+    const syncMBps = size / 1e6 / (median(syncMs) / 1000);
+    console.log(`post-sync 512 MiB: ${round(syncMBps)} MB/s; cp: ${round(cpMBps)} MB/s (medians of 3)`);
     return { syncMBps, cpMBps };
   } finally {
     await cluster.stop();
   }
 }
 
-async function downtime(bundle: Awaited<ReturnType<typeof bundleWorkflows>>, sizeBytes: number, runs: number) {
+async function downtime(
+  bundle: Awaited<ReturnType<typeof bundleWorkflows>>,
+  sizeBytes: number,
+  runs: number,
+) {
   const cluster = await startCluster({ workflowBundle: bundle });
   try {
     const layout = await fleet(cluster, {
@@ -93,13 +121,18 @@ async function downtime(bundle: Awaited<ReturnType<typeof bundleWorkflows>>, siz
       workload: { writeBytesPerSec: 4 * MiB, writeSize: 4096 },
     });
     const instanceId = layout.instances[0].instanceId;
-    let [from, to] = [layout.instances[0].hostId, layout.hosts.find((h) => h.hostId !== layout.instances[0].hostId)!.hostId];
+    let [from, to] = [
+      layout.instances[0].hostId,
+      layout.hosts.find((h) => h.hostId !== layout.instances[0].hostId)!.hostId,
+    ];
     const gaps: number[] = [];
     for (let i = 0; i < runs; i++) {
       const result = await migrate(cluster, instanceId, to);
       const gap = switchGapMs(cluster.dataDir, instanceId, from, to);
       gaps.push(gap);
-      console.log(`downtime ${sizeBytes / MiB} MiB run ${i + 1}: ${round(gap)} ms (workflow reported ${round(result.downtimeMs)} ms)`);
+      console.log(
+        `downtime ${sizeBytes / MiB} MiB run ${i + 1}: ${round(gap)} ms (workflow reported ${round(result.downtimeMs)} ms)`,
+      );
       [from, to] = [to, from];
     }
     return median(gaps);
@@ -109,6 +142,7 @@ async function downtime(bundle: Awaited<ReturnType<typeof bundleWorkflows>>, siz
 }
 
 async function main() {
+  installCliRuntime();
   const bundle = await bundleWorkflows();
   const { syncMBps, cpMBps } = await syncThroughput(bundle);
   const downtimeMs64MiB = await downtime(bundle, 64 * MiB, 5);

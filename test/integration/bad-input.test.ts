@@ -75,7 +75,11 @@ describe('bad migration input (integration)', () => {
 
   it('rejects a target equal to the source', async () => {
     const i = layout.instances[0];
-    await expectRejected({ instanceId: i.instanceId, targetHostId: i.hostId }, ErrorType.InvalidInput, /already/i);
+    await expectRejected(
+      { instanceId: i.instanceId, targetHostId: i.hostId },
+      ErrorType.InvalidInput,
+      /already/i,
+    );
   });
 
   it('rejects an unknown target host', async () => {
@@ -85,7 +89,11 @@ describe('bad migration input (integration)', () => {
   it('rejects a target without capacity', async () => {
     const [a, b] = fullHosts();
     const instance = layout.instances.find((i) => i.hostId === a.hostId)!;
-    await expectRejected({ instanceId: instance.instanceId, targetHostId: b.hostId }, ErrorType.NoCapacity, new RegExp(b.hostId));
+    await expectRejected(
+      { instanceId: instance.instanceId, targetHostId: b.hostId },
+      ErrorType.NoCapacity,
+      new RegExp(b.hostId),
+    );
   });
 
   it('rejects an instance that is not running', async () => {
@@ -93,7 +101,11 @@ describe('bad migration input (integration)', () => {
     inventory.setInstanceState(instance.instanceId, 'stopped');
     try {
       const target = layout.hosts.find((h) => h.hostId !== instance.hostId)!.hostId;
-      await expectRejected({ instanceId: instance.instanceId, targetHostId: target }, ErrorType.InvalidState, /running/);
+      await expectRejected(
+        { instanceId: instance.instanceId, targetHostId: target },
+        ErrorType.InvalidState,
+        /running/,
+      );
     } finally {
       inventory.setInstanceState(instance.instanceId, 'running');
     }
@@ -107,7 +119,11 @@ describe('bad migration input (integration)', () => {
   );
 
   it('rejects a malformed target id', async () => {
-    await expectRejected({ instanceId: 'i-1', targetHostId: '../h-1' }, ErrorType.InvalidInput, /not a valid id/);
+    await expectRejected(
+      { instanceId: 'i-1', targetHostId: '../h-1' },
+      ErrorType.InvalidInput,
+      /not a valid id/,
+    );
   });
 
   it('rejects a negative bandwidth', async () => {

@@ -45,7 +45,9 @@ describe('imported image through a live migration (integration)', () => {
     fs.writeFileSync(path.join(content, 'hello.txt'), 'hello from the user\n');
     fs.writeFileSync(path.join(content, 'random.bin'), Buffer.alloc(3 * MiB, 'abc'));
     const image = path.join(workDir, 'disk.img');
-    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, image, '24M'], { env: { ...process.env, E2FSPROGS_FAKE_TIME: '1' } });
+    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, image, '24M'], {
+      env: { ...process.env, E2FSPROGS_FAKE_TIME: '1' },
+    });
 
     const instance = layout.instances[0];
     const imported: VolumeImportResult = await cluster.client.workflow.execute('volumeImport', {

@@ -93,7 +93,9 @@ describe('live migration with post-sync (integration)', () => {
     expect(actual.equals(expected)).toBe(true);
 
     // The source is released and the inventory agrees with the hosts.
-    expect(fs.existsSync(path.join(cluster.dataDir, 'hosts', source, 'volumes', `${volume.volumeId}.img`))).toBe(false);
+    expect(
+      fs.existsSync(path.join(cluster.dataDir, 'hosts', source, 'volumes', `${volume.volumeId}.img`)),
+    ).toBe(false);
     expect(fs.existsSync(targetImage.replace(/\.img$/, '.map'))).toBe(false);
     expect(inventory.getInstance(instance.instanceId)!.hostId).toBe(target);
     expect(inventory.getVolume(volume.volumeId)!.hostId).toBe(target);
@@ -110,7 +112,9 @@ describe('live migration with post-sync (integration)', () => {
     expect(attrs.Account).toEqual([layout.instances[0].account]);
     expect(attrs.HostId).toHaveLength(1);
     const found = [];
-    for await (const wf of cluster.client.workflow.list({ query: `InstanceId = "${layout.instances[0].instanceId}"` })) {
+    for await (const wf of cluster.client.workflow.list({
+      query: `InstanceId = "${layout.instances[0].instanceId}"`,
+    })) {
       found.push(wf.workflowId);
     }
     expect(found).toContain('it-migrate-writing');

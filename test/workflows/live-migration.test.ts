@@ -115,7 +115,14 @@ describe('liveMigration happy path', () => {
     });
     expect(result.durationMs).toBeGreaterThanOrEqual(0);
     expect(Object.keys(result.phaseMs ?? {})).toEqual(
-      expect.arrayContaining(['validating', 'reserving', 'instantiating', 'switching', 'syncing', 'verifying']),
+      expect.arrayContaining([
+        'validating',
+        'reserving',
+        'instantiating',
+        'switching',
+        'syncing',
+        'verifying',
+      ]),
     );
   });
 
