@@ -2,7 +2,18 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', '.tools/**', '.rehome/**', 'dist/**', 'bin/**', 'scripts/*.js', '*.config.js', '*.mjs'] },
+  {
+    ignores: [
+      'node_modules/**',
+      '.tools/**',
+      '.rehome/**',
+      'dist/**',
+      'bin/**',
+      'scripts/*.js',
+      '*.config.js',
+      '*.mjs',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -24,12 +35,33 @@ export default tseslint.config(
           patterns: [
             { group: ['node:*'], message: 'Workflow code must be deterministic: no Node modules.' },
             {
-              group: ['fs', 'path', 'os', 'crypto', 'child_process', 'net', 'http', 'https', 'worker_threads', 'timers'],
+              group: [
+                'fs',
+                'path',
+                'os',
+                'crypto',
+                'child_process',
+                'net',
+                'http',
+                'https',
+                'worker_threads',
+                'timers',
+              ],
               message: 'Workflow code must be deterministic: no Node modules.',
             },
             {
-              group: ['../fleet/*', '../activities/*', '../planning/*', '../temporal/*', '@temporalio/client', '@temporalio/worker', '@temporalio/activity', 'better-sqlite3'],
-              message: 'Workflows import only src/contracts and @temporalio/workflow (activity types via `import type`).',
+              group: [
+                '../fleet/*',
+                '../activities/*',
+                '../planning/*',
+                '../temporal/*',
+                '@temporalio/client',
+                '@temporalio/worker',
+                '@temporalio/activity',
+                'better-sqlite3',
+              ],
+              message:
+                'Workflows import only src/contracts and @temporalio/workflow (activity types via `import type`).',
               allowTypeImports: true,
             },
           ],
