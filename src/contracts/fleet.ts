@@ -31,7 +31,8 @@ export interface WorkloadConfig {
   writeSize: number;
 }
 
-export const DEFAULT_WORKLOAD: WorkloadConfig = { writeBytesPerSec: 4 * MiB, writeSize: 4096 };
+// 8 KiB writes: smaller than a block, so writes during a sync exercise fetch-before-partial-write.
+export const DEFAULT_WORKLOAD: WorkloadConfig = { writeBytesPerSec: 2 * MiB, writeSize: 8192 };
 
 export interface VolumeRecord {
   volumeId: string;
