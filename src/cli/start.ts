@@ -8,18 +8,11 @@ import {
   InstanceIdKey,
   OperationKey,
   PhaseKey,
+  type Visibility,
 } from '../contracts';
 import { workflowUrl } from '../temporal/connection';
 import type { CliContext } from './context';
 import { explainStartError } from './errors';
-
-export interface Visibility {
-  operation: string;
-  instanceId?: string;
-  hostId?: string;
-  account?: string;
-  phase?: string;
-}
 
 export interface StartRequest {
   type: string;

@@ -6,4 +6,5 @@ export * from './ids';
 export * from './migration';
 export * from './queues';
 export * from './search-attributes';
+export * from './visibility';
 export * from './workflows';

@@ -1,14 +1,5 @@
 import { setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
-import { AccountKey, HostIdKey, InstanceIdKey, OperationKey, PhaseKey } from '../contracts';
-
-/** What operators filter on in the Web UI (`InstanceId = "i-3"`); unset fields are left as they are. */
-export interface Visibility {
-  operation: string;
-  instanceId?: string;
-  hostId?: string;
-  account?: string;
-  phase?: string;
-}
+import { AccountKey, HostIdKey, InstanceIdKey, OperationKey, PhaseKey, type Visibility } from '../contracts';
 
 // The typed-key form of the upsert argument (the other, untyped record form is deprecated).
 type UpdatePairs = Extract<Parameters<typeof upsertSearchAttributes>[0], unknown[]>;

@@ -1,11 +1,11 @@
 import { Client, Connection } from '@temporalio/client';
-import { bundleWorkflowCode, NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startDevServer, type DevServer } from '../../src/temporal/dev-server';
 import { freePort } from '../../src/temporal/ports';
-import { startWorkers, type RunningWorkers } from '../../src/worker';
+import { startWorkers, workflowBundle, type RunningWorkers } from '../../src/worker';
 
 /**
  * A real embedded Temporal dev server on free ports, real workers (control + every host agent) in this
@@ -19,18 +19,9 @@ export interface TestCluster {
   stop(): Promise<void>;
 }
 
+/** The workflow code, bundled once per process (per test file) and shared by every cluster in it. */
 export function bundleWorkflows(): Promise<WorkflowBundleWithSourceMap> {
-  return bundleWorkflowCode({
-    workflowsPath: require.resolve('../../src/workflows'),
-    logger: {
-      log: () => undefined,
-      trace: () => undefined,
-      debug: () => undefined,
-      info: () => undefined,
-      warn: () => undefined,
-      error: () => undefined,
-    },
-  });
+  return workflowBundle();
 }
 
 export async function startCluster(

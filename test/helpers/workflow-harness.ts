@@ -1,5 +1,5 @@
 import { Context } from '@temporalio/activity';
-import type { Client } from '@temporalio/client';
+import { WorkflowFailedError, type Client, type Workflow, type WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
@@ -257,6 +257,65 @@ export async function startTestBed(): Promise<WorkflowTestBed> {
     await env.teardown();
     throw err;
   }
+}
+
+export interface SharedTestBed {
+  readonly client: Client;
+  readonly mocks: ActivityMocks;
+  /** Starts a workflow on the control queue under a fresh workflow id (derived from the type, so a valid id). */
+  start<W extends Workflow>(type: string, ...args: Parameters<W>): Promise<WorkflowHandle<W>>;
+}
+
+/**
+ * One test bed for the whole test file, started before its first test and stopped after its last,
+ * with the mocks reset before each test. Call it at the top level of the file.
+ */
+export function useTestBed(): SharedTestBed {
+  let bed: WorkflowTestBed | undefined;
+  let seq = 0;
+  const current = (): WorkflowTestBed => {
+    if (!bed) throw new Error('the test bed is not running: call useTestBed() at the top level of the file');
+    return bed;
+  };
+
+  beforeAll(async () => {
+    bed = await startTestBed();
+  });
+  afterAll(async () => {
+    await bed?.stop();
+  });
+  beforeEach(() => current().mocks.reset());
+
+  return {
+    get client() {
+      return current().client;
+    },
+    get mocks() {
+      return current().mocks;
+    },
+    start<W extends Workflow>(type: string, ...args: Parameters<W>): Promise<WorkflowHandle<W>> {
+      seq += 1;
+      const kebab = type.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+      const workflowId = `${kebab}-${seq}`;
+      // The SDK's conditional `args` type cannot be resolved for a generic W: start untyped, then narrow.
+      const started = current().client.workflow.start<Workflow>(type, {
+        taskQueue: CONTROL_TASK_QUEUE,
+        workflowId,
+        args,
+      });
+      return started as Promise<WorkflowHandle<W>>;
+    },
+  };
+}
+
+/** The failure the workflow ended with (WorkflowFailedError.cause), or a test failure if it succeeded. */
+export async function failureOf(handle: WorkflowHandle): Promise<unknown> {
+  const err = await handle.result().then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(WorkflowFailedError);
+  return (err as WorkflowFailedError).cause;
 }
 
 /** Polls (real time) until `check` holds; for waiting on a workflow to reach a point a mock cannot signal. */

@@ -1,29 +1,10 @@
-import { ApplicationFailure } from '@temporalio/common';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createControlActivities, type ControlActivities } from '../../src/activities/control-activities';
 import { DEFAULT_BLOCK_SIZE, DEFAULT_WORKLOAD, ErrorType, MiB, type FleetSpec } from '../../src/contracts';
 import { openInventory, type Inventory } from '../../src/fleet/inventory';
-
-async function expectFailure(
-  fn: () => Promise<unknown>,
-  type: ErrorType,
-  message?: RegExp | string,
-): Promise<ApplicationFailure> {
-  let caught: unknown;
-  try {
-    await fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(ApplicationFailure);
-  const failure = caught as ApplicationFailure;
-  expect(failure.type).toBe(type);
-  expect(failure.nonRetryable).toBe(true);
-  if (message !== undefined) expect(failure.message).toMatch(message);
-  return failure;
-}
+import { expectFailure } from '../helpers/failures';
 
 const spec: FleetSpec = { hosts: 3, instances: 4, volumeSizeBytes: 64 * MiB };
 const shape = { vcpu: 2, memoryMiB: 4096, diskBytes: 64 * MiB };

@@ -1,33 +1,16 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ApplicationFailure } from '@temporalio/common';
 import { ErrorType } from '../../src/contracts';
 import { sha256Hex, transferHash } from '../../src/fleet/hashing';
 import { HostStore, type VolumeMeta } from '../../src/fleet/host-store';
 import { fillPattern, patternBytes } from '../../src/fleet/pattern';
+import { expectFailure } from '../helpers/failures';
 
 const KiB = 1024;
 
 function meta(volumeId: string, sizeBytes: number, blockSize = 64 * KiB): VolumeMeta {
   return { volumeId, instanceId: 'i-1', sizeBytes, blockSize, userData: false };
-}
-
-async function expectFailure(
-  p: Promise<unknown> | (() => unknown),
-  type: string,
-): Promise<ApplicationFailure> {
-  let caught: unknown;
-  try {
-    await (typeof p === 'function' ? p() : p);
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(ApplicationFailure);
-  const failure = caught as ApplicationFailure;
-  expect(failure.type).toBe(type);
-  expect(failure.nonRetryable).toBe(true);
-  return failure;
 }
 
 describe('pattern', () => {

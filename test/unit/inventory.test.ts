@@ -1,4 +1,3 @@
-import { ApplicationFailure } from '@temporalio/common';
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -15,21 +14,7 @@ import {
   type VolumeRecord,
 } from '../../src/contracts';
 import { Inventory, openInventory } from '../../src/fleet/inventory';
-
-function expectFailure(fn: () => unknown, type: ErrorType, message?: RegExp | string): ApplicationFailure {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(ApplicationFailure);
-  const failure = caught as ApplicationFailure;
-  expect(failure.type).toBe(type);
-  expect(failure.nonRetryable).toBe(true);
-  if (message !== undefined) expect(failure.message).toMatch(message);
-  return failure;
-}
+import { expectFailureSync } from '../helpers/failures';
 
 const smallFleet: FleetSpec = { hosts: 3, instances: 4, volumeSizeBytes: 64 * MiB };
 
@@ -86,7 +71,7 @@ describe('inventory', () => {
       const raw = new Database(path.join(dataDir, 'inventory.db'));
       raw.pragma('user_version = 99');
       raw.close();
-      expectFailure(() => openInventory(dataDir), ErrorType.InvalidState, /newer rehome \(schema 99/);
+      expectFailureSync(() => openInventory(dataDir), ErrorType.InvalidState, /newer rehome \(schema 99/);
     });
   });
 
@@ -167,7 +152,7 @@ describe('inventory', () => {
       const before = inventory.snapshot();
       expect(inventory.createFleet('init-1', smallFleet)).toEqual(layout);
       expect(inventory.snapshot()).toEqual(before);
-      expectFailure(
+      expectFailureSync(
         () => inventory.createFleet('init-2', { ...smallFleet, hosts: 1 }),
         ErrorType.InvalidState,
         `a fleet already exists in ${dataDir} (3 hosts); use another --data-dir or delete it`,
@@ -266,7 +251,7 @@ describe('inventory', () => {
     ];
     test.each(badSpecs)('rejects %s and records nothing', (_name, spec, type, message) => {
       const before = inventory.snapshot();
-      expectFailure(() => inventory.createFleet('init-1', spec), type, message);
+      expectFailureSync(() => inventory.createFleet('init-1', spec), type, message);
       expect(inventory.snapshot()).toEqual(before);
       expect(inventory.listHosts()).toEqual([]);
     });
@@ -292,7 +277,7 @@ describe('inventory', () => {
     test('the same key on another host is refused', () => {
       inventory.reserve({ key: 'wf-1', hostId: 'h-2', instanceId: 'i-1', resources: shape });
       const before = inventory.snapshot();
-      expectFailure(
+      expectFailureSync(
         () => inventory.reserve({ key: 'wf-1', hostId: 'h-3', instanceId: 'i-1', resources: shape }),
         ErrorType.InvalidInput,
         /reservation wf-1 already holds h-2 for instance i-1/,
@@ -304,7 +289,7 @@ describe('inventory', () => {
       inventory.reserve({ key: 'wf-1', hostId: 'h-2', instanceId: 'i-1', resources: shape });
       const before = inventory.snapshot();
       // h-2: 8 vCPU, 4 used -> 4 free; ask 6.
-      expectFailure(
+      expectFailureSync(
         () =>
           inventory.reserve({
             key: 'wf-2',
@@ -315,7 +300,7 @@ describe('inventory', () => {
         ErrorType.NoCapacity,
         'host h-2 has 4 vCPU free, instance i-3 needs 6 vCPU: choose another target',
       );
-      const failure = expectFailure(
+      const failure = expectFailureSync(
         () =>
           inventory.reserve({
             key: 'wf-2',
@@ -341,17 +326,17 @@ describe('inventory', () => {
 
     test('unknown host and malformed requests are refused', () => {
       const before = inventory.snapshot();
-      expectFailure(
+      expectFailureSync(
         () => inventory.reserve({ key: 'wf-1', hostId: 'h-9', instanceId: 'i-1', resources: shape }),
         ErrorType.NotFound,
         /host h-9 not found: `rehome fleet list`/,
       );
-      expectFailure(
+      expectFailureSync(
         () => inventory.reserve({ key: '', hostId: 'h-1', instanceId: 'i-1', resources: shape }),
         ErrorType.InvalidInput,
         /non-empty string/,
       );
-      expectFailure(
+      expectFailureSync(
         () =>
           inventory.reserve({
             key: 'wf-1',
@@ -362,7 +347,7 @@ describe('inventory', () => {
         ErrorType.InvalidInput,
         /resources\.vcpu -2/,
       );
-      expectFailure(() => inventory.hostUsage('h-9'), ErrorType.NotFound, /host h-9/);
+      expectFailureSync(() => inventory.hostUsage('h-9'), ErrorType.NotFound, /host h-9/);
       expect(inventory.snapshot()).toEqual(before);
     });
 
@@ -409,12 +394,12 @@ describe('inventory', () => {
     test('refuses an instance on neither host and changes nothing', () => {
       inventory.reserve({ key: 'wf-1', hostId: 'h-2', instanceId: 'i-3', resources: shape });
       const before = inventory.snapshot();
-      expectFailure(
+      expectFailureSync(
         () => inventory.commitMigration({ ...commit, instanceId: 'i-3' }),
         ErrorType.InvalidState,
         /instance i-3 is on h-3, neither the source h-1 nor the target h-2/,
       );
-      expectFailure(
+      expectFailureSync(
         () => inventory.commitMigration({ ...commit, instanceId: 'i-9' }),
         ErrorType.NotFound,
         /i-9/,
@@ -425,7 +410,7 @@ describe('inventory', () => {
     test('refuses a reservation made for something else', () => {
       inventory.reserve({ key: 'wf-1', hostId: 'h-3', instanceId: 'i-1', resources: shape });
       const before = inventory.snapshot();
-      expectFailure(
+      expectFailureSync(
         () => inventory.commitMigration(commit),
         ErrorType.InvalidInput,
         /holds h-3 for instance i-1/,
@@ -436,7 +421,11 @@ describe('inventory', () => {
     test('without a reservation it moves only if the target still has room', () => {
       inventory.reserve({ key: 'other', hostId: 'h-2', instanceId: 'i-3', resources: { ...shape, vcpu: 6 } });
       const before = inventory.snapshot();
-      expectFailure(() => inventory.commitMigration(commit), ErrorType.NoCapacity, /h-2 no longer has room/);
+      expectFailureSync(
+        () => inventory.commitMigration(commit),
+        ErrorType.NoCapacity,
+        /h-2 no longer has room/,
+      );
       expect(inventory.snapshot()).toEqual(before);
       inventory.release('other');
       inventory.commitMigration(commit);
@@ -461,7 +450,7 @@ describe('inventory', () => {
 
     test('markInstancesRunning is all or nothing', () => {
       const before = inventory.snapshot();
-      expectFailure(
+      expectFailureSync(
         () => inventory.markInstancesRunning(['i-1', 'i-9']),
         ErrorType.NotFound,
         /instance i-9 not found/,
@@ -477,7 +466,7 @@ describe('inventory', () => {
       ]);
       inventory.setInstanceState('i-1', 'stopped');
       expect(inventory.getInstance('i-1')!.state).toBe('stopped');
-      expectFailure(
+      expectFailureSync(
         () => inventory.setInstanceState('i-1', 'gone' as 'stopped'),
         ErrorType.InvalidInput,
         /not one of/,
@@ -498,32 +487,32 @@ describe('inventory', () => {
     test('addVolume refuses conflicts, wrong hosts and no room, changing nothing', () => {
       inventory.addVolume(volume);
       const before = inventory.snapshot();
-      expectFailure(
+      expectFailureSync(
         () => inventory.addVolume({ ...volume, sizeBytes: 4 * MiB }),
         ErrorType.InvalidState,
         /volume i-2-v1 already exists with different settings/,
       );
-      expectFailure(
+      expectFailureSync(
         () => inventory.addVolume({ ...volume, volumeId: 'i-2-v2', hostId: 'h-1' }),
         ErrorType.InvalidState,
         /meant for h-1 but instance i-2 is on h-2/,
       );
-      expectFailure(
+      expectFailureSync(
         () => inventory.addVolume({ ...volume, volumeId: 'i-2-v2', sizeBytes: 200 * MiB }),
         ErrorType.NoCapacity,
         /host h-2 has 184 MiB of disk free, volume i-2-v2 needs 200 MiB of disk/,
       );
-      expectFailure(
+      expectFailureSync(
         () => inventory.addVolume({ ...volume, volumeId: '../x' }),
         ErrorType.InvalidInput,
         /volumeId/,
       );
-      expectFailure(
+      expectFailureSync(
         () => inventory.addVolume({ ...volume, volumeId: 'i-2-v2', sizeBytes: 1000 }),
         ErrorType.InvalidInput,
         /multiple of 512/,
       );
-      expectFailure(
+      expectFailureSync(
         () => inventory.addVolume({ ...volume, volumeId: 'i-2-v2', instanceId: 'i-9' }),
         ErrorType.NotFound,
         /instance i-9/,

@@ -1,4 +1,3 @@
-import { ApplicationFailure } from '@temporalio/common';
 import { ErrorType, GiB, MiB, type Resources } from '../../src/contracts';
 import {
   describeResources,
@@ -10,6 +9,7 @@ import {
   shortfalls,
   type HostLoad,
 } from '../../src/planning/placement';
+import { expectFailureSync } from '../helpers/failures';
 
 const shape: Resources = { vcpu: 2, memoryMiB: 4096, diskBytes: GiB };
 const zero: Resources = { vcpu: 0, memoryMiB: 0, diskBytes: 0 };
@@ -64,16 +64,10 @@ describe('placement', () => {
   });
 
   test('throws a clear non-retryable NoCapacity when an instance fits nowhere', () => {
-    let caught: unknown;
-    try {
-      placeInstances([host('h-1', big), host('h-2', big)], requests(9));
-    } catch (err) {
-      caught = err;
-    }
-    expect(caught).toBeInstanceOf(ApplicationFailure);
-    const failure = caught as ApplicationFailure;
-    expect(failure.type).toBe(ErrorType.NoCapacity);
-    expect(failure.nonRetryable).toBe(true);
+    const failure = expectFailureSync(
+      () => placeInstances([host('h-1', big), host('h-2', big)], requests(9)),
+      ErrorType.NoCapacity,
+    );
     expect(failure.message).toContain('instance i-9');
     expect(failure.message).toContain('2 host(s)');
     expect(failure.message).toMatch(/fewer instances or more host capacity/);

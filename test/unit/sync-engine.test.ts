@@ -1,13 +1,13 @@
 import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync, closeSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ApplicationFailure } from '@temporalio/common';
 import { ErrorType } from '../../src/contracts';
 import { localBlockSource, type BlockSource } from '../../src/fleet/block-source';
 import { HostStore, type VolumeMeta } from '../../src/fleet/host-store';
 import { patternBytes } from '../../src/fleet/pattern';
 import { ReplicaVolume } from '../../src/fleet/replica';
 import { BlockState, SyncMap } from '../../src/fleet/sync-map';
+import { expectFailure } from '../helpers/failures';
 
 const BS = 4096;
 /** 37 full blocks and a partial last block of 1.5 KiB. */
@@ -56,18 +56,6 @@ function wrap(
 }
 
 const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function expectFailure(p: Promise<unknown>, type: string): Promise<ApplicationFailure> {
-  let caught: unknown;
-  try {
-    await p;
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(ApplicationFailure);
-  expect((caught as ApplicationFailure).type).toBe(type);
-  return caught as ApplicationFailure;
-}
 
 describe('post-sync engine (ReplicaVolume)', () => {
   let dir: string;

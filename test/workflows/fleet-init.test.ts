@@ -1,5 +1,3 @@
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
 import {
   CONTROL_TASK_QUEUE,
   ErrorType,
@@ -14,29 +12,11 @@ import {
   type InstanceLaunch,
 } from '../../src/contracts';
 import type { fleetInit } from '../../src/workflows';
-import { currentDetails, layoutFor, startTestBed, type WorkflowTestBed } from '../helpers/workflow-harness';
+import { expectApplicationFailure } from '../helpers/failures';
+import { currentDetails, failureOf, layoutFor, useTestBed } from '../helpers/workflow-harness';
 
-let bed: WorkflowTestBed;
-let seq = 0;
-
-beforeAll(async () => {
-  bed = await startTestBed();
-});
-
-afterAll(async () => {
-  await bed?.stop();
-});
-
-beforeEach(() => bed.mocks.reset());
-
-function startFleetInit(spec: FleetSpec): Promise<WorkflowHandle<typeof fleetInit>> {
-  seq += 1;
-  return bed.client.workflow.start<typeof fleetInit>(WorkflowType.fleetInit, {
-    taskQueue: CONTROL_TASK_QUEUE,
-    workflowId: `fleet-init-${seq}`,
-    args: [spec],
-  });
-}
+const bed = useTestBed();
+const startFleetInit = (spec: FleetSpec) => bed.start<typeof fleetInit>(WorkflowType.fleetInit, spec);
 
 describe('fleetInit', () => {
   const spec: FleetSpec = { hosts: 3, instances: 5, volumeSizeBytes: 16 * MiB, accounts: ['acme', 'globex'] };
@@ -101,15 +81,8 @@ describe('fleetInit', () => {
   ];
 
   it.each(bad)('rejects a bad spec before touching anything: %s', async (_name, badSpec) => {
-    const handle = await startFleetInit(badSpec as FleetSpec);
-    const err = await handle.result().then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(err).toBeInstanceOf(WorkflowFailedError);
-    const cause = (err as WorkflowFailedError).cause;
-    expect(cause).toBeInstanceOf(ApplicationFailure);
-    expect(cause).toMatchObject({ type: ErrorType.InvalidInput, nonRetryable: true });
+    const cause = await failureOf(await startFleetInit(badSpec as FleetSpec));
+    expectApplicationFailure(cause, ErrorType.InvalidInput);
     expect(bed.mocks.calls).toEqual([]);
   });
 });

@@ -1,4 +1,4 @@
-import { WorkflowFailedError, WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowUpdateFailedError } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import {
   AccountKey,
@@ -20,45 +20,12 @@ import {
   type SyncSliceInput,
 } from '../../src/contracts';
 import type { liveMigration } from '../../src/workflows';
-import {
-  currentDetails,
-  deferred,
-  eventually,
-  startTestBed,
-  type WorkflowTestBed,
-} from '../helpers/workflow-harness';
+import { expectApplicationFailure } from '../helpers/failures';
+import { currentDetails, deferred, eventually, failureOf, useTestBed } from '../helpers/workflow-harness';
 
-let bed: WorkflowTestBed;
-let seq = 0;
-
-beforeAll(async () => {
-  bed = await startTestBed();
-});
-
-afterAll(async () => {
-  await bed?.stop();
-});
-
-beforeEach(() => bed.mocks.reset());
-
-function startMigration(input: LiveMigrationInput): Promise<WorkflowHandle<typeof liveMigration>> {
-  seq += 1;
-  return bed.client.workflow.start<typeof liveMigration>(WorkflowType.liveMigration, {
-    taskQueue: CONTROL_TASK_QUEUE,
-    workflowId: `migrate-${seq}`,
-    args: [input],
-  });
-}
-
-/** The failure the workflow ended with (WorkflowFailedError.cause), or a test failure if it succeeded. */
-async function failureOf(handle: WorkflowHandle): Promise<unknown> {
-  const err = await handle.result().then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(WorkflowFailedError);
-  return (err as WorkflowFailedError).cause;
-}
+const bed = useTestBed();
+const startMigration = (input: LiveMigrationInput) =>
+  bed.start<typeof liveMigration>(WorkflowType.liveMigration, input);
 
 const host = (id: string) => hostTaskQueue(id);
 const BLOCK = DEFAULT_BLOCK_SIZE;
@@ -389,8 +356,11 @@ describe('liveMigration after the switch', () => {
     const handle = await startMigration({ instanceId: 'i-3', targetHostId: 'h-2' });
 
     const cause = await failureOf(handle);
-    expect(cause).toMatchObject({ type: ErrorType.DataIntegrity, nonRetryable: true });
-    expect((cause as Error).message).toMatch(/v-i-3-a .*after 3 verify rounds in blocks 7, 11/);
+    expectApplicationFailure(
+      cause,
+      ErrorType.DataIntegrity,
+      /v-i-3-a .*after 3 verify rounds in blocks 7, 11/,
+    );
     expect(bed.mocks.callsTo('verifyVolume')).toHaveLength(3);
     expect(bed.mocks.names()).not.toContain('releaseSource');
     expect(bed.mocks.names()).not.toContain('discardTarget');
@@ -412,8 +382,7 @@ describe('liveMigration bad input', () => {
   it.each(cases)('fails fast, non-retryable, touching nothing: %s', async (_name, input) => {
     const handle = await startMigration(input as LiveMigrationInput);
     const cause = await failureOf(handle);
-    expect(cause).toBeInstanceOf(ApplicationFailure);
-    expect(cause).toMatchObject({ type: ErrorType.InvalidInput, nonRetryable: true });
+    expectApplicationFailure(cause, ErrorType.InvalidInput);
     expect(bed.mocks.calls).toEqual([]);
   });
 

@@ -1,5 +1,3 @@
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
 import {
   CONTROL_TASK_QUEUE,
   DEFAULT_BLOCK_SIZE,
@@ -16,47 +14,14 @@ import {
   type VolumeImportInput,
 } from '../../src/contracts';
 import type { volumeExport, volumeImport } from '../../src/workflows';
-import { startTestBed, type WorkflowTestBed } from '../helpers/workflow-harness';
+import { expectApplicationFailure } from '../helpers/failures';
+import { failureOf, useTestBed } from '../helpers/workflow-harness';
 
-let bed: WorkflowTestBed;
-let seq = 0;
-
-beforeAll(async () => {
-  bed = await startTestBed();
-});
-
-afterAll(async () => {
-  await bed?.stop();
-});
-
-beforeEach(() => bed.mocks.reset());
-
-function startImport(input: VolumeImportInput): Promise<WorkflowHandle<typeof volumeImport>> {
-  seq += 1;
-  return bed.client.workflow.start<typeof volumeImport>(WorkflowType.volumeImport, {
-    taskQueue: CONTROL_TASK_QUEUE,
-    workflowId: `volume-import-${seq}`,
-    args: [input],
-  });
-}
-
-function startExport(input: VolumeExportInput): Promise<WorkflowHandle<typeof volumeExport>> {
-  seq += 1;
-  return bed.client.workflow.start<typeof volumeExport>(WorkflowType.volumeExport, {
-    taskQueue: CONTROL_TASK_QUEUE,
-    workflowId: `volume-export-${seq}`,
-    args: [input],
-  });
-}
-
-async function failureOf(handle: WorkflowHandle): Promise<unknown> {
-  const err = await handle.result().then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(WorkflowFailedError);
-  return (err as WorkflowFailedError).cause;
-}
+const bed = useTestBed();
+const startImport = (input: VolumeImportInput) =>
+  bed.start<typeof volumeImport>(WorkflowType.volumeImport, input);
+const startExport = (input: VolumeExportInput) =>
+  bed.start<typeof volumeExport>(WorkflowType.volumeExport, input);
 
 describe('volumeImport', () => {
   it('plans, copies the image in on the instance host, then commits the volume', async () => {
@@ -115,8 +80,7 @@ describe('volumeImport', () => {
 
   it.each(bad)('rejects bad input before touching anything: %s', async (_name, input) => {
     const cause = await failureOf(await startImport(input as VolumeImportInput));
-    expect(cause).toBeInstanceOf(ApplicationFailure);
-    expect(cause).toMatchObject({ type: ErrorType.InvalidInput, nonRetryable: true });
+    expectApplicationFailure(cause, ErrorType.InvalidInput);
     expect(bed.mocks.calls).toEqual([]);
   });
 });
@@ -151,7 +115,7 @@ describe('volumeExport', () => {
       { volumeId: 'V 7', path: '/tmp/out.img' },
     ]) {
       const cause = await failureOf(await startExport(input));
-      expect(cause).toMatchObject({ type: ErrorType.InvalidInput, nonRetryable: true });
+      expectApplicationFailure(cause, ErrorType.InvalidInput);
     }
     expect(bed.mocks.calls).toEqual([]);
   });
