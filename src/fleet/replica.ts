@@ -434,6 +434,8 @@ export class ReplicaVolume implements BlockDevice {
     let scan = start % this.blockCount;
     let cursor = scan;
     let bytesCopied = 0;
+    // Data writes run one at a time: concurrent writes to one file only contend for its inode lock.
+    let lastWrite: Promise<void> = Promise.resolve();
     // Always make some progress per call, even if the deadline has passed already.
     const stop = () =>
       this.closed ||
@@ -478,7 +480,10 @@ export class ReplicaVolume implements BlockDevice {
         }
         for (const chunk of pipeline.slice(0, STORE_WINDOW)) {
           if (chunk.stored) continue;
-          chunk.stored = this.storeChunk(chunk);
+          const previous = lastWrite;
+          let wrote!: () => void;
+          lastWrite = new Promise<void>((resolve) => (wrote = resolve));
+          chunk.stored = this.storeChunk(chunk, previous, wrote);
           chunk.stored.catch(() => undefined); // awaited in order below
         }
         const head = pipeline.shift();
@@ -526,15 +531,16 @@ export class ReplicaVolume implements BlockDevice {
   /**
    * Writes a claimed chunk: its blocks are marked Copying in the map (while the previous chunk's data
    * is being written), then the data, then Copied. So after a crash at most the STORE_WINDOW chunks
-   * being written count as copied twice. Releases the lock.
+   * being written count as copied twice. Its data write waits for `after` (the previous chunk's) and
+   * calls `wrote` once done or failed. Releases the lock.
    */
-  private async storeChunk(chunk: Chunk): Promise<number> {
+  private async storeChunk(chunk: Chunk, after: Promise<void>, wrote: () => void): Promise<number> {
     const { first, claimed } = chunk;
     let written = false;
     try {
       const marked = this.map.setBlocks(claimed, BlockState.Copying);
       marked.catch(() => undefined); // awaited just below, with the data
-      const [data] = await Promise.all([chunk.data, marked]);
+      const [data] = await Promise.all([chunk.data, marked, after]);
       let bytes = 0;
       for (let r = 0; r < claimed.length;) {
         let end = r + 1;
@@ -547,6 +553,7 @@ export class ReplicaVolume implements BlockDevice {
         bytes += runBytes;
         r = end;
       }
+      wrote();
       let recopied = 0;
       for (const i of claimed) if (this.map.interrupted.delete(i)) recopied += rangeBytes(this, i, 1);
       await Promise.all([
@@ -557,6 +564,7 @@ export class ReplicaVolume implements BlockDevice {
       this.source.recycle?.(data);
       return bytes;
     } catch (err) {
+      wrote();
       await this.unclaim(chunk, written);
       throw err;
     }

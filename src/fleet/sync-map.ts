@@ -1,8 +1,9 @@
+import { writeSync } from 'node:fs';
 import { open, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { invalidState } from '../contracts';
 import type { SyncCounters } from './host-store';
-import { readFully, writeFully } from './volume';
+import { readFully } from './volume';
 
 /**
  * What the target replica holds of each block. Persisted as one byte per block after a small header.
@@ -24,8 +25,6 @@ export const SYNC_MAP_HEADER_BYTES = 64;
 const OFF_BLOCK_COUNT = 8;
 const OFF_BLOCK_SIZE = 16;
 const OFF_COUNTERS = 24;
-/** Dirty ranges this close are written as one (rewriting a few clean bytes is cheaper than a syscall). */
-const MERGE_GAP = 4096;
 
 function encodeHeader(blockCount: number, blockSize: number, c: SyncCounters): Buffer {
   const header = Buffer.alloc(SYNC_MAP_HEADER_BYTES);
@@ -44,18 +43,15 @@ function encodeHeader(blockCount: number, blockSize: number, c: SyncCounters): B
  * Rule that makes it crash safe: the in-memory state of a block is only ever one that is safe to find
  * on disk after a SIGKILL (Copied/Written are set once the data is in the image; Written for a block
  * already present is set before the data, since the old data is a valid pre-write state; Copying is
- * set before the copy writes). Every flush writes the memory state of the dirty ranges at the time it
- * runs, and flushes run strictly one after another, so the file always converges to memory and an
- * older snapshot never lands after a newer one. Concurrent updates share flushes.
+ * set before the copy writes). Every update writes the memory state of its range synchronously, before
+ * it returns, so the file equals memory between calls and an older state can never land after a newer
+ * one (no write is ever in flight).
  */
 export class SyncMap {
   /** Blocks that were Copying when the map was opened: the copy may have written them once already. */
   readonly interrupted = new Set<number>();
   private readonly counts = [0, 0, 0, 0];
   private readonly totals: SyncCounters;
-  private queue: Promise<void> = Promise.resolve();
-  private dirty: [number, number][] = [];
-  private headerDirty = false;
   private closed = false;
 
   private constructor(
@@ -178,8 +174,7 @@ export class SyncMap {
     this.totals.bytesCopied += delta.bytesCopied ?? 0;
     this.totals.bytesReadThrough += delta.bytesReadThrough ?? 0;
     this.totals.bytesRecopied += delta.bytesRecopied ?? 0;
-    this.headerDirty = true;
-    return this.enqueue(() => this.writeDirty());
+    return this.writeNow(encodeHeader(this.blockCount, this.blockSize, this.totals), 0);
   }
 
   /** A copy of the memory states (Copying shows only for chunks in flight). */
@@ -187,15 +182,14 @@ export class SyncMap {
     return Buffer.from(this.states);
   }
 
-  /** Resolves when everything set so far is in the file. */
+  /** Resolves when everything set so far is in the file (each update is written as it is made). */
   flush(): Promise<void> {
-    return this.enqueue(async () => undefined);
+    return Promise.resolve();
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.queue;
     await this.fh.close();
   }
 
@@ -209,39 +203,24 @@ export class SyncMap {
     this.counts[state]++;
   }
 
+  /** Writes the memory state of [first, first + count) to the file, now. */
   private persist(first: number, count: number): Promise<void> {
-    this.dirty.push([first, first + count]);
-    return this.enqueue(() => this.writeDirty());
+    return this.writeNow(this.states.subarray(first, first + count), SYNC_MAP_HEADER_BYTES + first);
   }
 
   /**
-   * Writes everything marked dirty so far, in one go: ranges closer than MERGE_GAP become one pwrite,
-   * the pwrites (and the header) run in parallel. A persist whose range an earlier run already took
-   * finds nothing left and resolves as soon as that run, which started after it, has finished.
+   * One pwrite of a few bytes into a page the cache holds anyway: microseconds, so it is synchronous.
+   * Asynchronous, it would queue in libuv's threadpool behind multi-MiB image reads and writes and
+   * hold up the copy, which must see its Copying marks in the file before writing data.
    */
-  private async writeDirty(): Promise<void> {
-    const ranges = this.dirty.sort((a, b) => a[0] - b[0]);
-    this.dirty = [];
-    const merged: [number, number][] = [];
-    for (const [lo, hi] of ranges) {
-      const last = merged[merged.length - 1];
-      if (last && lo <= last[1] + MERGE_GAP) last[1] = Math.max(last[1], hi);
-      else merged.push([lo, hi]);
+  private writeNow(bytes: Buffer, position: number): Promise<void> {
+    try {
+      for (let done = 0; done < bytes.length;) {
+        done += writeSync(this.fh.fd, bytes, done, bytes.length - done, position + done);
+      }
+      return Promise.resolve();
+    } catch (err) {
+      return Promise.reject(err);
     }
-    // Snapshots are taken now, when the write runs: a later state always lands last.
-    const writes = merged.map(([lo, hi]) =>
-      writeFully(this.fh, Buffer.from(this.states.subarray(lo, hi)), SYNC_MAP_HEADER_BYTES + lo),
-    );
-    if (this.headerDirty) {
-      this.headerDirty = false;
-      writes.push(writeFully(this.fh, encodeHeader(this.blockCount, this.blockSize, this.totals), 0));
-    }
-    await Promise.all(writes);
-  }
-
-  private enqueue(op: () => Promise<void>): Promise<void> {
-    const run = this.queue.then(op);
-    this.queue = run.catch(() => undefined);
-    return run;
   }
 }
