@@ -24,11 +24,25 @@ export function bundleWorkflows(): Promise<WorkflowBundleWithSourceMap> {
   return workflowBundle();
 }
 
+/**
+ * The dev server picks random ports of its own for internal services; one can land on a port we just
+ * found free. A bind failure is retried with new ports rather than failing a test on a coincidence.
+ */
+async function startServerOnFreePorts(dataDir: string): Promise<DevServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startDevServer({ dataDir, port: await freePort(), uiPort: await freePort() });
+    } catch (err) {
+      if (attempt >= 3 || !/address already in use/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
 export async function startCluster(
   opts: { workflowBundle?: WorkflowBundleWithSourceMap; dataDir?: string } = {},
 ): Promise<TestCluster> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-it-'));
-  const server = await startDevServer({ dataDir, port: await freePort(), uiPort: await freePort() });
+  const server = await startServerOnFreePorts(dataDir);
   const workerConnection = await NativeConnection.connect({ address: server.address });
   const clientConnection = await Connection.connect({ address: server.address });
   const client = new Client({ connection: clientConnection, namespace: server.namespace });
