@@ -5,7 +5,7 @@ import { humanBytes } from './cli/format';
 import { parseCount } from './cli/sizes';
 import { followMigration, migrationSummary } from './cli/progress';
 import { shutdownSignals, startStackUnlessSignalled, unlessSignalled, type Stack } from './cli/stack';
-import { operationId, startWorkflow } from './cli/start';
+import { fleetInitRequest, operationId, startWorkflow } from './cli/start';
 import {
   MiB,
   Operation,
@@ -33,13 +33,7 @@ async function ensureFleet(client: Client, inventory: Inventory): Promise<void> 
   say(
     `fleet: creating ${DEMO_FLEET.hosts} hosts and ${DEMO_FLEET.instances} instances with ${humanBytes(DEMO_FLEET.volumeSizeBytes)} volumes...`,
   );
-  const handle = await startWorkflow(client, {
-    type: WorkflowType.fleetInit,
-    workflowId: `fleet-init-${Date.now()}`,
-    args: [DEMO_FLEET],
-    summary: `fleet init: ${DEMO_FLEET.hosts} hosts, ${DEMO_FLEET.instances} instances × ${humanBytes(DEMO_FLEET.volumeSizeBytes)}`,
-    visibility: { operation: Operation.fleetInit },
-  });
+  const handle = await startWorkflow(client, fleetInitRequest(DEMO_FLEET));
   const layout = (await handle.result()) as FleetLayout;
   say(
     `fleet: created ${layout.hosts.length} hosts, ${layout.instances.length} instances (${handle.workflowId})`,

@@ -2,8 +2,6 @@ import type { Command } from 'commander';
 import {
   assertId,
   DEFAULT_WORKLOAD,
-  Operation,
-  WorkflowType,
   type FleetLayout,
   type FleetSpec,
   type InstanceRecord,
@@ -12,7 +10,7 @@ import type { Inventory } from '../fleet/inventory';
 import { CliContext } from './context';
 import { humanBytes, humanRate, keyValues, table } from './format';
 import { parseCount, parseRate, parseSize } from './sizes';
-import { reportStarted, startOperation } from './start';
+import { fleetInitRequest, reportStarted, startOperation } from './start';
 
 interface InitOptions {
   hosts: number;
@@ -48,13 +46,7 @@ export function registerFleet(program: Command): void {
           writeBytesPerSec: opts.writeRate ?? DEFAULT_WORKLOAD.writeBytesPerSec,
         },
       };
-      const handle = await startOperation(ctx, {
-        type: WorkflowType.fleetInit,
-        workflowId: `fleet-init-${Date.now()}`,
-        args: [spec],
-        summary: `fleet init: ${spec.hosts} hosts, ${spec.instances} instances × ${humanBytes(spec.volumeSizeBytes)}`,
-        visibility: { operation: Operation.fleetInit },
-      });
+      const handle = await startOperation(ctx, fleetInitRequest(spec));
       if (!opts.wait)
         return reportStarted(ctx, handle, 'add --wait to wait for it; `rehome fleet list` shows the fleet');
       ctx.say(`${handle.workflowId}: creating the fleet...`);

@@ -8,10 +8,14 @@ import {
   InstanceIdKey,
   OperationKey,
   PhaseKey,
+  Operation,
+  WorkflowType,
+  type FleetSpec,
   type Visibility,
 } from '../contracts';
 import { workflowUrl } from '../temporal/connection';
 import type { CliContext } from './context';
+import { humanBytes } from './format';
 import { explainStartError } from './errors';
 
 export interface StartRequest {
@@ -46,6 +50,17 @@ export function operationId(prefix: string, parts: string[], now = Date.now()): 
 }
 
 /** Starts a workflow on the control queue, after checking that a worker will pick it up. */
+/** How every client (CLI, demo) starts a fleet init, so the Web UI shows them alike. */
+export function fleetInitRequest(spec: FleetSpec): StartRequest {
+  return {
+    type: WorkflowType.fleetInit,
+    workflowId: `fleet-init-${Date.now()}`,
+    args: [spec],
+    summary: `fleet init: ${spec.hosts} hosts, ${spec.instances} instances × ${humanBytes(spec.volumeSizeBytes)}`,
+    visibility: { operation: Operation.fleetInit },
+  };
+}
+
 export async function startOperation(ctx: CliContext, request: StartRequest): Promise<StartedHandle> {
   await ctx.requireWorker();
   return startWorkflow(await ctx.client(), request);
