@@ -109,6 +109,9 @@ function devServerArgs(
 ): string[] {
   const args = ['server', 'start-dev', '--db-filename', dbFile, '--ip', ip, '--port', String(port)];
   args.push('--ui-port', String(uiPort), '--namespace', namespace, '--log-level', 'warn');
+  // WAL with synchronous=normal survives a killed server process (what the fault tests do) and takes
+  // about a third off every orchestration round trip compared with an fsync per transaction.
+  args.push('--sqlite-pragma', 'journal_mode=wal', '--sqlite-pragma', 'synchronous=normal');
   for (const [name, type] of Object.entries(SEARCH_ATTRIBUTES))
     args.push('--search-attribute', `${name}=${type}`);
   return args;
