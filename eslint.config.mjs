@@ -25,6 +25,15 @@ export default tseslint.config(
     },
   },
   {
+    // Small plain-Node helpers (the dev server's leash) run without TypeScript.
+    files: ['**/*.cjs'],
+    languageOptions: {
+      sourceType: 'commonjs',
+      globals: { require: 'readonly', process: 'readonly', setTimeout: 'readonly' },
+    },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
+  {
     // Workflow code runs in Temporal's deterministic sandbox: Node modules and our own
     // non-deterministic code must stay out; only contracts and @temporalio/workflow come in.
     files: ['src/workflows/**/*.ts'],

@@ -179,6 +179,8 @@ async function waitReady(
   }
 }
 
+const LEASH = path.join(__dirname, 'leash.cjs');
+
 /**
  * Starts `temporal server start-dev` on a SQLite file under dataDir, with rehome's search attributes
  * registered, and resolves once it answers. State survives a restart on the same dataDir.
@@ -208,10 +210,14 @@ export async function startDevServer(options: DevServerOptions): Promise<DevServ
   const log = fs.createWriteStream(logFile, { flags: 'a' });
   const tail = new Tail();
   // Own process group: a Ctrl-C in the terminal reaches us, and we stop the server after the workers.
-  const child = spawn(cli, devServerArgs(path.join(dataDir, 'temporal.db'), ip, port, uiPort, namespace), {
-    stdio: ['ignore', 'pipe', 'pipe'],
+  // On a leash: if this process dies without stop(), even by SIGKILL, the server goes with it.
+  const serverArgs = devServerArgs(path.join(dataDir, 'temporal.db'), ip, port, uiPort, namespace);
+  const child = spawn(process.execPath, [LEASH, cli, ...serverArgs], {
+    stdio: ['pipe', 'pipe', 'pipe'],
     detached: true,
   });
+  // The pipe is the leash: hold it open, but do not let it keep this process alive.
+  (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
   const exited = exitPromise(child);
   for (const stream of [child.stdout, child.stderr]) {
     stream?.on('data', (chunk: Buffer) => {

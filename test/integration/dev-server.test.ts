@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -150,6 +151,47 @@ describe('embedded dev server', () => {
     } finally {
       if (saved === undefined) delete process.env.REHOME_TEMPORAL_CLI;
       else process.env.REHOME_TEMPORAL_CLI = saved;
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('does not outlive the process that started it, even when that process is SIGKILLed', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-leash-'));
+    const port = await freePort();
+    const uiPort = await freePort();
+    const parent = spawn(
+      process.execPath,
+      [
+        '-r',
+        'ts-node/register/transpile-only',
+        path.join(__dirname, '../helpers/server-child.ts'),
+        dir,
+        String(port),
+        String(uiPort),
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    try {
+      await new Promise<void>((resolve, reject) => {
+        parent.stdout!.on('data', (chunk: Buffer) => chunk.toString().includes('ready') && resolve());
+        parent.once('exit', (code) =>
+          reject(new Error(`the child exited (${code}) before its server was ready`)),
+        );
+      });
+      expect(await isPortOpen('127.0.0.1', port)).toBe(true);
+      parent.kill('SIGKILL');
+      // The server closes its ports first, then finishes shutting down; wait for both.
+      let open = true;
+      let alive = true;
+      for (let i = 0; i < 150 && (open || alive); i++) {
+        await new Promise((r) => setTimeout(r, 200));
+        open = await isPortOpen('127.0.0.1', port);
+        alive = readServerState(dir) !== undefined;
+      }
+      expect(open).toBe(false);
+      expect(alive).toBe(false);
+    } finally {
+      parent.kill('SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
