@@ -1,12 +1,12 @@
 import { Command } from 'commander';
 import type { Client } from '@temporalio/client';
 import { errorLine, exitCodeFor } from './cli/errors';
-import { humanBytes } from './cli/format';
 import { parseCount } from './cli/sizes';
 import { followMigration, migrationSummary } from './cli/progress';
 import { shutdownSignals, startStackUnlessSignalled, unlessSignalled, type Stack } from './cli/stack';
 import { fleetInitRequest, operationId, startWorkflow } from './cli/start';
 import {
+  formatBytes,
   MiB,
   Operation,
   WorkflowType,
@@ -31,7 +31,7 @@ async function ensureFleet(client: Client, inventory: Inventory): Promise<void> 
     return;
   }
   say(
-    `fleet: creating ${DEMO_FLEET.hosts} hosts and ${DEMO_FLEET.instances} instances with ${humanBytes(DEMO_FLEET.volumeSizeBytes)} volumes...`,
+    `fleet: creating ${DEMO_FLEET.hosts} hosts and ${DEMO_FLEET.instances} instances with ${formatBytes(DEMO_FLEET.volumeSizeBytes)} volumes...`,
   );
   const handle = await startWorkflow(client, fleetInitRequest(DEMO_FLEET));
   const layout = (await handle.result()) as FleetLayout;
@@ -74,7 +74,7 @@ async function migrateOne(stack: Stack, inventory: Inventory): Promise<void> {
   });
   const rate = instance.workload.writeBytesPerSec;
   say(
-    `\nlive-migrating ${instance.instanceId} (${instance.account}) ${instance.hostId} → ${targetHostId} while its workload writes ${rate ? `${humanBytes(rate)}/s` : 'nothing'}`,
+    `\nlive-migrating ${instance.instanceId} (${instance.account}) ${instance.hostId} → ${targetHostId} while its workload writes ${rate ? `${formatBytes(rate)}/s` : 'nothing'}`,
   );
   const result = await followMigration(handle, { json: false, say });
   say(migrationSummary(result));

@@ -22,7 +22,7 @@ import {
   type VolumeRecord,
 } from '../contracts';
 import type { Inventory } from '../fleet/inventory';
-import { formatBytes } from '../planning/placement';
+import { formatExactBytes } from '../planning/placement';
 
 const LIST_HINT = '`rehome fleet list` shows what exists';
 
@@ -126,14 +126,14 @@ export function createControlActivities(inventory: Inventory) {
       }
       if (size > MAX_VOLUME_BYTES) {
         throw invalidInput(
-          `${file} is ${formatBytes(size)}, over the ${formatBytes(MAX_VOLUME_BYTES)} volume limit`,
+          `${file} is ${formatExactBytes(size)}, over the ${formatExactBytes(MAX_VOLUME_BYTES)} volume limit`,
         );
       }
       const free = inventory.hostUsage(instance.hostId).free.diskBytes;
       if (size > free) {
         throw noCapacity(
-          `host ${instance.hostId} has ${formatBytes(Math.max(0, free))} of disk free, the image needs ` +
-            `${formatBytes(size)}: migrate instance ${instanceId} to a roomier host first or use a smaller image`,
+          `host ${instance.hostId} has ${formatExactBytes(Math.max(0, free))} of disk free, the image needs ` +
+            `${formatExactBytes(size)}: migrate instance ${instanceId} to a roomier host first or use a smaller image`,
         );
       }
       const volumeId = assertId('volumeId', `${instanceId}-v${nextVolumeIndex(inventory, instanceId)}`);

@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
 import {
+  formatBytes,
+  formatRate,
   assertId,
   DEFAULT_WORKLOAD,
   type FleetLayout,
@@ -8,7 +10,7 @@ import {
 } from '../contracts';
 import type { Inventory } from '../fleet/inventory';
 import { CliContext } from './context';
-import { humanBytes, humanRate, keyValues, table } from './format';
+import { keyValues, table } from './format';
 import { parseCount, parseRate, parseSize } from './sizes';
 import { fleetInitRequest, reportStarted, startOperation } from './start';
 
@@ -76,8 +78,8 @@ export function registerFleet(program: Command): void {
             h.zone,
             instances.filter((i) => i.hostId === h.hostId).length,
             `${h.usage.used.vcpu}/${h.usage.capacity.vcpu}`,
-            `${humanBytes(h.usage.used.memoryMiB * 1024 * 1024)}/${humanBytes(h.usage.capacity.memoryMiB * 1024 * 1024)}`,
-            `${humanBytes(h.usage.used.diskBytes)}/${humanBytes(h.usage.capacity.diskBytes)}`,
+            `${formatBytes(h.usage.used.memoryMiB * 1024 * 1024)}/${formatBytes(h.usage.capacity.memoryMiB * 1024 * 1024)}`,
+            `${formatBytes(h.usage.used.diskBytes)}/${formatBytes(h.usage.capacity.diskBytes)}`,
           ]),
         ),
       );
@@ -92,8 +94,8 @@ export function registerFleet(program: Command): void {
               i.hostId,
               i.state,
               own.map((v) => v.volumeId + (v.userData ? ' (user data)' : '')).join(', '),
-              humanBytes(own.reduce((sum, v) => sum + v.sizeBytes, 0)),
-              humanRate(i.workload.writeBytesPerSec).replace('unlimited', 'idle'),
+              formatBytes(own.reduce((sum, v) => sum + v.sizeBytes, 0)),
+              formatRate(i.workload.writeBytesPerSec).replace('unlimited', 'idle'),
             ];
           }),
         ),
@@ -121,7 +123,7 @@ export function registerFleet(program: Command): void {
           ['zone', host.zone],
           ['vCPU', `${usage.used.vcpu} used of ${usage.capacity.vcpu}`],
           ['memory', `${usage.used.memoryMiB} MiB used of ${usage.capacity.memoryMiB} MiB`],
-          ['disk', `${humanBytes(usage.used.diskBytes)} used of ${humanBytes(usage.capacity.diskBytes)}`],
+          ['disk', `${formatBytes(usage.used.diskBytes)} used of ${formatBytes(usage.capacity.diskBytes)}`],
           ['instances', instances.map((i) => `${i.instanceId} (${i.state})`).join(', ') || '-'],
         ]),
       );
@@ -139,11 +141,11 @@ function showInstance(ctx: CliContext, inventory: Inventory, instance: InstanceR
       ['state', instance.state],
       [
         'shape',
-        `${instance.shape.vcpu} vCPU, ${instance.shape.memoryMiB} MiB, ${humanBytes(instance.shape.diskBytes)} disk`,
+        `${instance.shape.vcpu} vCPU, ${instance.shape.memoryMiB} MiB, ${formatBytes(instance.shape.diskBytes)} disk`,
       ],
       [
         'workload',
-        `${humanRate(instance.workload.writeBytesPerSec).replace('unlimited', 'idle')} in ${instance.workload.writeSize} B writes`,
+        `${formatRate(instance.workload.writeBytesPerSec).replace('unlimited', 'idle')} in ${instance.workload.writeSize} B writes`,
       ],
       [
         'tags',
@@ -155,7 +157,7 @@ function showInstance(ctx: CliContext, inventory: Inventory, instance: InstanceR
         (v) =>
           [
             `volume ${v.volumeId}`,
-            `${humanBytes(v.sizeBytes)}, ${v.blockSize / 1024} KiB blocks${v.userData ? ', user data' : ''}`,
+            `${formatBytes(v.sizeBytes)}, ${v.blockSize / 1024} KiB blocks${v.userData ? ', user data' : ''}`,
           ] as [string, string],
       ),
     ]),

@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
-import { assertId, Operation, WorkflowType, type LiveMigrationInput } from '../contracts';
+import { formatRate, assertId, Operation, WorkflowType, type LiveMigrationInput } from '../contracts';
 import { CliContext } from './context';
-import { humanRate } from './format';
 import { followMigration, migrationSummary } from './progress';
 import { parseRate } from './sizes';
 import { operationId, reportStarted, startOperation } from './start';
@@ -60,7 +59,7 @@ export function registerMigrate(program: Command): void {
         },
       });
       if (!opts.wait) {
-        const limit = opts.bandwidth ? ` at ${humanRate(opts.bandwidth)}` : '';
+        const limit = opts.bandwidth ? ` at ${formatRate(opts.bandwidth)}` : '';
         return reportStarted(
           ctx,
           handle,

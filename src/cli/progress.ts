@@ -1,7 +1,14 @@
 import { SingleBar } from 'cli-progress';
 import type { WorkflowHandle } from '@temporalio/client';
-import { progressQuery, type LiveMigrationResult, type MigrationProgress } from '../contracts';
-import { humanBytes, humanDuration, humanRate, keyValues } from './format';
+import {
+  formatBytes,
+  formatDuration,
+  formatRate,
+  progressQuery,
+  type LiveMigrationResult,
+  type MigrationProgress,
+} from '../contracts';
+import { keyValues } from './format';
 
 const POLL_MS = 250;
 
@@ -10,7 +17,7 @@ function sleep(ms: number): Promise<void> {
 }
 
 function eta(seconds: number | null): string {
-  return seconds === null ? '-' : humanDuration(seconds * 1000);
+  return seconds === null ? '-' : formatDuration(seconds * 1000);
 }
 
 /**
@@ -61,10 +68,10 @@ function render(bar: SingleBar, p: MigrationProgress): void {
   const fraction = p.blocksTotal > 0 ? p.blocksDone / p.blocksTotal : 0;
   bar.update(p.blocksTotal > 0 ? p.blocksDone : 0, {
     phase: p.phase.padEnd(13),
-    moved: humanBytes(Math.round(fraction * p.bytesTotal)),
-    size: humanBytes(p.bytesTotal),
-    rate: p.rateBytesPerSec > 0 ? humanRate(p.rateBytesPerSec) : '-',
-    limit: humanRate(p.bandwidthBytesPerSec),
+    moved: formatBytes(Math.round(fraction * p.bytesTotal)),
+    size: formatBytes(p.bytesTotal),
+    rate: p.rateBytesPerSec > 0 ? formatRate(p.rateBytesPerSec) : '-',
+    limit: formatRate(p.bandwidthBytesPerSec),
     left: eta(p.etaSeconds),
   });
 }
@@ -79,12 +86,12 @@ export function migrationSummary(r: LiveMigrationResult): string {
   return keyValues([
     ['instance', `${r.instanceId} (${r.account})`],
     ['moved', `${r.sourceHostId} → ${r.targetHostId}`],
-    ['downtime', humanDuration(r.downtimeMs)],
+    ['downtime', formatDuration(r.downtimeMs)],
     [
       'bytes moved',
-      `${humanBytes(r.bytesCopied + r.bytesReadThrough)} (${humanBytes(r.bytesCopied)} copied, ${humanBytes(r.bytesReadThrough)} read through)`,
+      `${formatBytes(r.bytesCopied + r.bytesReadThrough)} (${formatBytes(r.bytesCopied)} copied, ${formatBytes(r.bytesReadThrough)} read through)`,
     ],
-    ['duration', humanDuration(r.durationMs)],
+    ['duration', formatDuration(r.durationMs)],
     ['blocks verified', r.blocksVerified],
     ['blocks written during sync', r.blocksWrittenOnTarget],
     ...(r.cancelRefused ? [['cancel', 'refused: it arrived after the switch'] as [string, string]] : []),

@@ -1,21 +1,16 @@
 import type { Client, WorkflowHandleWithFirstExecutionRunId as StartedHandle } from '@temporalio/client';
-import type { SearchAttributePair } from '@temporalio/common';
 import {
-  AccountKey,
+  formatBytes,
   CONTROL_TASK_QUEUE,
-  HostIdKey,
   ID_PATTERN,
-  InstanceIdKey,
-  OperationKey,
-  PhaseKey,
   Operation,
   WorkflowType,
   type FleetSpec,
   type Visibility,
+  visibilityPairs,
 } from '../contracts';
 import { workflowUrl } from '../temporal/connection';
 import type { CliContext } from './context';
-import { humanBytes } from './format';
 import { explainStartError } from './errors';
 
 export interface StartRequest {
@@ -25,15 +20,6 @@ export interface StartRequest {
   /** One line in the Web UI's workflow list. */
   summary: string;
   visibility: Visibility;
-}
-
-function searchAttributes(v: Visibility): SearchAttributePair[] {
-  const pairs: SearchAttributePair[] = [{ key: OperationKey, value: v.operation }];
-  if (v.instanceId) pairs.push({ key: InstanceIdKey, value: v.instanceId });
-  if (v.hostId) pairs.push({ key: HostIdKey, value: v.hostId });
-  if (v.account) pairs.push({ key: AccountKey, value: v.account });
-  if (v.phase) pairs.push({ key: PhaseKey, value: v.phase });
-  return pairs;
 }
 
 /**
@@ -49,18 +35,18 @@ export function operationId(prefix: string, parts: string[], now = Date.now()): 
   return `${prefix}-${nonce}`;
 }
 
-/** Starts a workflow on the control queue, after checking that a worker will pick it up. */
 /** How every client (CLI, demo) starts a fleet init, so the Web UI shows them alike. */
 export function fleetInitRequest(spec: FleetSpec): StartRequest {
   return {
     type: WorkflowType.fleetInit,
     workflowId: `fleet-init-${Date.now()}`,
     args: [spec],
-    summary: `fleet init: ${spec.hosts} hosts, ${spec.instances} instances × ${humanBytes(spec.volumeSizeBytes)}`,
+    summary: `fleet init: ${spec.hosts} hosts, ${spec.instances} instances × ${formatBytes(spec.volumeSizeBytes)}`,
     visibility: { operation: Operation.fleetInit },
   };
 }
 
+/** Starts a workflow on the control queue, after checking that a worker will pick it up. */
 export async function startOperation(ctx: CliContext, request: StartRequest): Promise<StartedHandle> {
   await ctx.requireWorker();
   return startWorkflow(await ctx.client(), request);
@@ -74,7 +60,7 @@ export async function startWorkflow(client: Client, request: StartRequest): Prom
       workflowId: request.workflowId,
       args: request.args,
       staticSummary: request.summary,
-      typedSearchAttributes: searchAttributes(request.visibility),
+      typedSearchAttributes: visibilityPairs(request.visibility),
     });
   } catch (err) {
     throw explainStartError(err);

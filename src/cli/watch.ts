@@ -2,6 +2,8 @@ import { WorkflowNotFoundError, type Client, type WorkflowHandle } from '@tempor
 import { CancelledFailure } from '@temporalio/common';
 import type { Command } from 'commander';
 import {
+  formatBytes,
+  formatRate,
   progressQuery,
   setBandwidthUpdate,
   WorkflowType,
@@ -14,7 +16,6 @@ import {
 import { workflowUrl } from '../temporal/connection';
 import { CliContext } from './context';
 import { errorLine } from './errors';
-import { humanBytes, humanRate } from './format';
 import { followMigration, migrationSummary } from './progress';
 import { parseRate } from './sizes';
 
@@ -53,11 +54,11 @@ export function describeResult(type: string, result: unknown): string {
     }
     case WorkflowType.volumeImport: {
       const r = result as VolumeImportResult;
-      return `imported ${r.volumeId} for ${r.instanceId} on ${r.hostId}: ${humanBytes(r.sizeBytes)}, sha256 ${r.sha256}`;
+      return `imported ${r.volumeId} for ${r.instanceId} on ${r.hostId}: ${formatBytes(r.sizeBytes)}, sha256 ${r.sha256}`;
     }
     case WorkflowType.volumeExport: {
       const r = result as VolumeExportResult;
-      return `exported ${r.volumeId} from ${r.hostId} to ${r.path}: ${humanBytes(r.sizeBytes)}, sha256 ${r.sha256}`;
+      return `exported ${r.volumeId} from ${r.hostId} to ${r.path}: ${formatBytes(r.sizeBytes)}, sha256 ${r.sha256}`;
     }
     default:
       return JSON.stringify(result, null, 2);
@@ -127,7 +128,7 @@ export function registerWatch(program: Command): void {
       await ctx.requireWorker();
       const applied = await handle.executeUpdate(setBandwidthUpdate, { args: [rate] });
       ctx.emit({ workflowId, bandwidthBytesPerSec: applied });
-      ctx.say(`${workflowId}: copy bandwidth set to ${humanRate(applied)}`);
+      ctx.say(`${workflowId}: copy bandwidth set to ${formatRate(applied)}`);
     });
 }
 

@@ -1,4 +1,4 @@
-import { ApplicationFailure } from '@temporalio/common';
+import { ActivityFailure, ApplicationFailure } from '@temporalio/common';
 
 /**
  * Failure types shared by activities and workflows. All of them mean "the request is wrong", so
@@ -26,3 +26,15 @@ export const noCapacity = (message: string) => failure(ErrorType.NoCapacity, mes
 export const invalidState = (message: string) => failure(ErrorType.InvalidState, message);
 export const forbidden = (message: string) => failure(ErrorType.Forbidden, message);
 export const dataIntegrity = (message: string) => failure(ErrorType.DataIntegrity, message);
+
+/**
+ * An activity's own clear failure ("instance i-9 not found") becomes the workflow's failure, instead
+ * of a generic "activity task failed" wrapper the operator has to dig through.
+ */
+export function surfaceFailure(err: unknown): unknown {
+  if (err instanceof ActivityFailure && err.cause instanceof ApplicationFailure) {
+    const cause = err.cause;
+    if (cause.nonRetryable || NON_RETRYABLE_ERROR_TYPES.includes(cause.type ?? '')) return cause;
+  }
+  return err;
+}

@@ -27,7 +27,7 @@ import {
 import {
   addResources,
   formatAmount,
-  formatBytes,
+  formatExactBytes,
   placeInstances,
   shortfalls,
   subtractResources,
@@ -210,7 +210,7 @@ export class Inventory {
         const shape = instances.get(instanceId)!.shape;
         if (shape.diskBytes < bytes) {
           problems.push(
-            `instance ${instanceId} counts ${formatBytes(shape.diskBytes)} of disk but its volumes hold ${formatBytes(bytes)}`,
+            `instance ${instanceId} counts ${formatExactBytes(shape.diskBytes)} of disk but its volumes hold ${formatExactBytes(bytes)}`,
           );
         }
       }
@@ -407,7 +407,7 @@ export class Inventory {
         if (existing) {
           if (JSON.stringify(existing) !== JSON.stringify(v)) {
             throw invalidState(
-              `volume ${v.volumeId} already exists with different settings (${formatBytes(existing.sizeBytes)} ` +
+              `volume ${v.volumeId} already exists with different settings (${formatExactBytes(existing.sizeBytes)} ` +
                 `on ${existing.hostId} for ${existing.instanceId}): pick another volume id`,
             );
           }
@@ -525,7 +525,7 @@ export function planFleet(spec: FleetSpec): FleetLayout {
   ) {
     throw invalidInput(
       `volume size ${String(volumeSizeBytes)} is not allowed: use a whole number of MiB between 1 MiB and ` +
-        `${formatBytes(MAX_VOLUME_BYTES)} (e.g. 256MiB)`,
+        `${formatExactBytes(MAX_VOLUME_BYTES)} (e.g. 256MiB)`,
     );
   }
   const accounts = spec.accounts ?? DEFAULT_ACCOUNTS;
@@ -640,7 +640,7 @@ function assertVolume(v: VolumeRecord): VolumeRecord {
   assertId('hostId', v.hostId);
   if (!Number.isSafeInteger(v.sizeBytes) || v.sizeBytes <= 0 || v.sizeBytes > MAX_VOLUME_BYTES) {
     throw invalidInput(
-      `volume size ${String(v.sizeBytes)} is not allowed: use 1 byte to ${formatBytes(MAX_VOLUME_BYTES)}`,
+      `volume size ${String(v.sizeBytes)} is not allowed: use 1 byte to ${formatExactBytes(MAX_VOLUME_BYTES)}`,
     );
   }
   if (v.sizeBytes % SECTOR_SIZE !== 0) {

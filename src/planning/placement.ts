@@ -107,7 +107,8 @@ function describeRoomiest(loads: HostLoad[]): string {
   return ` (the emptiest, ${roomiest.hostId}, has ${describeResources(subtractResources(roomiest.capacity, roomiest.used))} free)`;
 }
 
-export function formatBytes(bytes: number): string {
+/** For capacity messages, exact to the byte when not round: "1.5 KiB (1536 bytes)". */
+export function formatExactBytes(bytes: number): string {
   const units: [string, number][] = [
     ['TiB', 1024 ** 4],
     ['GiB', 1024 ** 3],
@@ -126,7 +127,7 @@ export function formatBytes(bytes: number): string {
 export function formatAmount(dimension: keyof Resources, amount: number): string {
   if (dimension === 'vcpu') return `${amount} vCPU`;
   if (dimension === 'memoryMiB') return `${amount} MiB of memory`;
-  return `${formatBytes(amount)} of disk`;
+  return `${formatExactBytes(amount)} of disk`;
 }
 
 export function describeResources(r: Resources): string {

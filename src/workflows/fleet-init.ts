@@ -1,19 +1,25 @@
-import { isCancellation, workflowInfo } from '@temporalio/workflow';
+import { proxyActivities, workflowInfo } from '@temporalio/workflow';
+import type { ControlActivities } from '../activities/control-activities';
+import type { HostActivities } from '../activities/host-activities';
 import {
   assertId,
+  assertNonNegativeInteger,
+  assertObject,
+  assertPositiveInteger,
+  CONTROL_ACTIVITY_OPTIONS,
+  formatBytes,
+  hostActivityOptions,
   invalidInput,
   MAX_VOLUME_BYTES,
   Operation,
+  reportFailure,
   SECTOR_SIZE,
+  showPhase,
+  upsertVisibility,
   type FleetLayout,
   type FleetSpec,
   type InstanceLaunch,
 } from '../contracts';
-import { controlActivities, hostActivities } from './activity-proxies';
-import { surfaceFailure } from './failures';
-import { formatBytes } from './format';
-import { assertNonNegativeInteger, assertObject, assertPositiveInteger } from './validation';
-import { showPhase, upsertVisibility } from './visibility';
 
 /**
  * Creates a simulated fleet: the inventory records hosts, instances and volumes (keyed by this
@@ -23,21 +29,11 @@ import { showPhase, upsertVisibility } from './visibility';
 export async function fleetInit(spec: FleetSpec): Promise<FleetLayout> {
   validateFleetSpec(spec);
   const key = assertId('workflow id (the fleet key)', workflowInfo().workflowId);
-  try {
-    return await initFleet(key, spec);
-  } catch (err) {
-    const surfaced = surfaceFailure(err);
-    const why = isCancellation(err) ? 'cancelled' : 'failed';
-    showPhase(
-      why,
-      `**${why}** fleet init: ${surfaced instanceof Error ? surfaced.message : String(surfaced)}`,
-    );
-    throw surfaced;
-  }
+  return await reportFailure('fleet init', () => initFleet(key, spec));
 }
 
 async function initFleet(key: string, spec: FleetSpec): Promise<FleetLayout> {
-  const control = controlActivities();
+  const control = proxyActivities<ControlActivities>(CONTROL_ACTIVITY_OPTIONS);
   upsertVisibility({ operation: Operation.fleetInit });
   showPhase(
     'planning',
@@ -55,7 +51,7 @@ async function initFleet(key: string, spec: FleetSpec): Promise<FleetLayout> {
   // Writing every image of a host can take minutes for big volumes; the agent heartbeats meanwhile.
   await Promise.all(
     [...launchesByHost].map(([hostId, launches]) =>
-      hostActivities(hostId).launchInstances.executeWithOptions(
+      proxyActivities<HostActivities>(hostActivityOptions(hostId)).launchInstances.executeWithOptions(
         {
           startToCloseTimeout: '30 minutes',
           heartbeatTimeout: '30s',

@@ -1,4 +1,5 @@
 // The worker registers every function exported here as a workflow type, under its own name.
 export { liveMigration } from './live-migration';
 export { fleetInit } from './fleet-init';
-export { volumeImport, volumeExport } from './volume-transfer';
+export { volumeImport } from './volume-import';
+export { volumeExport } from './volume-export';

@@ -5,14 +5,29 @@ import {
   condition,
   isCancellation,
   log,
+  proxyActivities,
   setCurrentDetails,
+  type ActivityOptions,
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
+import type { ControlActivities } from '../activities/control-activities';
+import type { HostActivities } from '../activities/host-activities';
 import {
+  assertBandwidth,
   assertId,
+  assertObject,
+  BOUNDED,
+  CONTROL_ACTIVITY_OPTIONS,
   dataIntegrity,
-  invalidInput,
+  formatBytes,
+  formatDuration,
+  formatList,
+  hostActivityOptions,
+  RETRY,
+  showPhase,
+  surfaceFailure,
+  upsertVisibility,
   invalidState,
   Operation,
   progressQuery,
@@ -26,11 +41,15 @@ import {
   type SyncSliceResult,
   type VolumeRecord,
 } from '../contracts';
-import { BOUNDED, controlActivities, hostActivities, RETRY } from './activity-proxies';
-import { surfaceFailure } from './failures';
-import { formatBytes, formatDuration, formatList } from './format';
-import { assertObject } from './validation';
-import { showPhase, upsertVisibility } from './visibility';
+
+/** Activity stubs with rehome's defaults; `options` override them for one group of calls. */
+function controlActivities(options: Partial<ActivityOptions> = {}) {
+  return proxyActivities<ControlActivities>({ ...CONTROL_ACTIVITY_OPTIONS, ...options });
+}
+
+function hostActivities(hostId: string, options: Partial<ActivityOptions> = {}) {
+  return proxyActivities<HostActivities>({ ...hostActivityOptions(hostId), ...options });
+}
 
 /** A slice returns after about this long, so progress (and the Web UI) moves every few seconds. */
 const MAX_SLICE_MS = 5_000;
@@ -77,15 +96,6 @@ function validateMigrationInput(input: unknown) {
       ? 0
       : assertBandwidth(fields.bandwidthBytesPerSec);
   return { instanceId, targetHostId, bandwidth };
-}
-
-function assertBandwidth(value: unknown): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
-    throw invalidInput(
-      `bandwidth ${JSON.stringify(value)} is not valid: give whole bytes per second >= 0 (0 = unlimited), e.g. 52428800 for 50 MiB/s`,
-    );
-  }
-  return value;
 }
 
 class Migration {

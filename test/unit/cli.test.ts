@@ -6,10 +6,9 @@ import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ActivityFailure, RetryState } from '@temporalio/common';
 import { errorLine } from '../../src/cli/errors';
-import { humanBytes, humanDuration } from '../../src/cli/format';
 import { parseCount, parseRate, parseSize } from '../../src/cli/sizes';
 import { operationId } from '../../src/cli/start';
-import { ID_PATTERN } from '../../src/contracts';
+import { formatBytes, formatDuration, ID_PATTERN } from '../../src/contracts';
 import { dataDir, resolveTemporal, workflowListUrl, workflowUrl } from '../../src/temporal/connection';
 import { freePort } from '../../src/temporal/ports';
 import { version } from '../../package.json';
@@ -58,12 +57,12 @@ describe('parseSize', () => {
 
 describe('formatting', () => {
   test('bytes and durations read like an operator writes them', () => {
-    expect(humanBytes(256 * 1024 ** 2)).toBe('256 MiB');
-    expect(humanBytes(1.5 * 1024 ** 3)).toBe('1.5 GiB');
-    expect(humanBytes(512)).toBe('512 B');
-    expect(humanDuration(12.4)).toBe('12 ms');
-    expect(humanDuration(3200)).toBe('3.2 s');
-    expect(humanDuration(125_000)).toBe('2 min 5 s');
+    expect(formatBytes(256 * 1024 ** 2)).toBe('256 MiB');
+    expect(formatBytes(1.5 * 1024 ** 3)).toBe('1.5 GiB');
+    expect(formatBytes(512)).toBe('512 B');
+    expect(formatDuration(12.4)).toBe('12 ms');
+    expect(formatDuration(3200)).toBe('3.2 s');
+    expect(formatDuration(125_000)).toBe('2 min 5 s');
   });
 });
 

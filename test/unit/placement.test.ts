@@ -2,7 +2,7 @@ import { ErrorType, GiB, MiB, type Resources } from '../../src/contracts';
 import {
   describeResources,
   fits,
-  formatBytes,
+  formatExactBytes,
   loadOf,
   pickHost,
   placeInstances,
@@ -102,10 +102,10 @@ describe('placement', () => {
   });
 
   test('formats sizes for messages', () => {
-    expect(formatBytes(256 * MiB)).toBe('256 MiB');
-    expect(formatBytes(16 * 1024 * GiB)).toBe('16 TiB');
-    expect(formatBytes(1536)).toBe('1.5 KiB (1536 bytes)');
-    expect(formatBytes(100)).toBe('100 bytes');
+    expect(formatExactBytes(256 * MiB)).toBe('256 MiB');
+    expect(formatExactBytes(16 * 1024 * GiB)).toBe('16 TiB');
+    expect(formatExactBytes(1536)).toBe('1.5 KiB (1536 bytes)');
+    expect(formatExactBytes(100)).toBe('100 bytes');
     expect(describeResources(shape)).toBe('2 vCPU, 4096 MiB of memory, 1 GiB of disk');
   });
 });

@@ -1,4 +1,4 @@
-import { invalidInput } from '../contracts';
+import { invalidInput } from './errors';
 
 /** Workflow inputs arrive as JSON from any client (e.g. `temporal workflow start`): trust nothing. */
 export function assertObject(field: string, value: unknown): Record<string, unknown> {
@@ -41,6 +41,16 @@ export function assertPositiveInteger(field: string, value: unknown): number {
 export function assertOptionalBoolean(field: string, value: unknown): boolean | undefined {
   if (value !== undefined && typeof value !== 'boolean') {
     throw invalidInput(`${field} must be true or false, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+/** Bytes per second for a copy: a whole number, 0 meaning unlimited. */
+export function assertBandwidth(value: unknown): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw invalidInput(
+      `bandwidth ${JSON.stringify(value)} is not valid: give whole bytes per second >= 0 (0 = unlimited), e.g. 52428800 for 50 MiB/s`,
+    );
   }
   return value;
 }

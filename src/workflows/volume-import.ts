@@ -1,0 +1,68 @@
+import { proxyActivities } from '@temporalio/workflow';
+import type { ControlActivities } from '../activities/control-activities';
+import type { HostActivities } from '../activities/host-activities';
+import {
+  assertAbsolutePath,
+  assertId,
+  assertObject,
+  assertOptionalBoolean,
+  CONTROL_ACTIVITY_OPTIONS,
+  formatBytes,
+  hostActivityOptions,
+  Operation,
+  reportFailure,
+  showPhase,
+  upsertVisibility,
+  type VolumeImportInput,
+  type VolumeImportResult,
+} from '../contracts';
+
+/** Copying a whole image in or out is one activity: big images take minutes, and it heartbeats meanwhile. */
+const TRANSFER_OPTIONS = { startToCloseTimeout: '30 minutes', heartbeatTimeout: '30s' } as const;
+
+/** Brings a raw disk image (e.g. a filesystem the user built) into the fleet as a volume of an instance. */
+export async function volumeImport(input: VolumeImportInput): Promise<VolumeImportResult> {
+  const fields = assertObject('volume import input', input);
+  const instanceId = assertId('instanceId', fields.instanceId);
+  const path = assertAbsolutePath('path', fields.path);
+  const workloadWrites = assertOptionalBoolean('workloadWrites', fields.workloadWrites) ?? false;
+  upsertVisibility({ operation: Operation.volumeImport, instanceId });
+  return await reportFailure('volume import', async () => {
+    const control = proxyActivities<ControlActivities>(CONTROL_ACTIVITY_OPTIONS);
+    showPhase('planning', `**planning** import of ${path} for ${instanceId}`);
+    const plan = await control.planVolumeImport.executeWithOptions(
+      { summary: `plan import for ${instanceId}` },
+      [{ instanceId, path, workloadWrites }],
+    );
+    const hostId = assertId('plan.hostId', plan.hostId);
+    assertId('plan.volumeId', plan.volumeId);
+    upsertVisibility({ hostId });
+
+    showPhase(
+      'importing',
+      `**importing** ${path} as ${plan.volumeId} (${formatBytes(plan.sizeBytes)}) of ${instanceId} on ${hostId}`,
+    );
+    const host = proxyActivities<HostActivities>(hostActivityOptions(hostId));
+    const result = await host.importVolume.executeWithOptions(
+      { ...TRANSFER_OPTIONS, summary: `import ${plan.volumeId} on ${hostId}` },
+      [
+        {
+          volumeId: plan.volumeId,
+          instanceId: plan.instanceId,
+          path,
+          sizeBytes: plan.sizeBytes,
+          blockSize: plan.blockSize,
+          userData: plan.userData,
+        },
+      ],
+    );
+
+    showPhase('committing', `**committing** ${plan.volumeId} of ${instanceId} to the inventory`);
+    await control.commitVolume.executeWithOptions({ summary: `commit ${plan.volumeId}` }, [plan]);
+    showPhase(
+      'completed',
+      `**completed** ${plan.volumeId} of ${instanceId} on ${hostId}: ${formatBytes(result.sizeBytes)}, sha256 ${result.sha256.slice(0, 12)}…`,
+    );
+    return result;
+  });
+}
