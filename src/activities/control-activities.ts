@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import {
+  assertAbsolutePath,
+  assertBandwidth,
   assertId,
   DEFAULT_BLOCK_SIZE,
   invalidInput,
@@ -24,16 +25,8 @@ import {
 import type { Inventory } from '../fleet/inventory';
 import { formatExactBytes } from '../planning/placement';
 
-const LIST_HINT = '`rehome fleet list` shows what exists';
-
 /** Control-plane activities: inventory and placement. They never touch a host's data. */
 export function createControlActivities(inventory: Inventory) {
-  function requireInstance(instanceId: string): InstanceRecord {
-    const instance = inventory.getInstance(instanceId);
-    if (!instance) throw notFound(`instance ${instanceId} not found: ${LIST_HINT}`);
-    return instance;
-  }
-
   function requireRunning(instance: InstanceRecord, action: string): void {
     if (instance.state !== 'running') {
       throw invalidState(
@@ -47,14 +40,10 @@ export function createControlActivities(inventory: Inventory) {
     async planMigration(input: LiveMigrationInput): Promise<MigrationPlan> {
       const instanceId = assertId('instanceId', input?.instanceId);
       const targetHostId = assertId('targetHostId', input.targetHostId);
-      const bandwidth = input.bandwidthBytesPerSec ?? 0;
-      if (typeof bandwidth !== 'number' || !Number.isFinite(bandwidth) || bandwidth < 0) {
-        throw invalidInput(
-          `bandwidth ${String(bandwidth)} is not allowed: use bytes per second, 0 or more (0 = unlimited)`,
-        );
-      }
-      const instance = requireInstance(instanceId);
-      if (!inventory.getHost(targetHostId)) throw notFound(`host ${targetHostId} not found: ${LIST_HINT}`);
+      // Only checked here, so a bad limit fails before anything is reserved; the workflow applies it.
+      assertBandwidth(input.bandwidthBytesPerSec ?? 0);
+      const instance = inventory.requireInstance(instanceId);
+      inventory.requireHost(targetHostId);
       if (instance.hostId === targetHostId) {
         throw invalidInput(
           `instance ${instanceId} already runs on ${targetHostId}: choose another target host`,
@@ -105,13 +94,8 @@ export function createControlActivities(inventory: Inventory) {
     /** Checks an image to import and names the volume it will become; changes nothing. */
     async planVolumeImport(input: PlanVolumeImportInput): Promise<VolumePlan> {
       const instanceId = assertId('instanceId', input?.instanceId);
-      const file = input.path;
-      if (typeof file !== 'string' || !path.isAbsolute(file)) {
-        throw invalidInput(
-          `image path ${JSON.stringify(file)} must be absolute (the workers resolve it, not the CLI)`,
-        );
-      }
-      const instance = requireInstance(instanceId);
+      const file = assertAbsolutePath('path', input.path);
+      const instance = inventory.requireInstance(instanceId);
       requireRunning(instance, 'take an imported volume');
       const stat = statOrUndefined(file);
       if (!stat) throw notFound(`no file at ${file}: check the image path`);
@@ -154,9 +138,7 @@ export function createControlActivities(inventory: Inventory) {
 
     async describeVolume(input: { volumeId: string }): Promise<VolumeRecord> {
       const volumeId = assertId('volumeId', input?.volumeId);
-      const volume = inventory.getVolume(volumeId);
-      if (!volume) throw notFound(`volume ${volumeId} not found: ${LIST_HINT}`);
-      return volume;
+      return inventory.requireVolume(volumeId);
     },
   };
 }

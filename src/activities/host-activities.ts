@@ -1,4 +1,3 @@
-import * as path from 'path';
 import { asyncLocalStorage, type Context } from '@temporalio/activity';
 import type {
   ImportVolumeInput,
@@ -16,15 +15,19 @@ import type {
   VolumeExportInput,
   VolumeExportResult,
   VolumeImportResult,
-  WorkloadConfig,
 } from '../contracts';
-import { assertId, invalidInput, invalidState, notFound, SECTOR_SIZE } from '../contracts';
+import {
+  assertAbsolutePath,
+  assertBandwidth,
+  assertId,
+  assertWorkloadConfig,
+  invalidInput,
+  invalidState,
+} from '../contracts';
 import type { HostAgent } from '../fleet/host-agent';
 import { blockCountOf } from '../fleet/volume';
 import { checkVolumeMeta } from '../fleet/host-store';
 
-/** Largest single workload write: a sanity bound for bad input. */
-const MAX_WRITE_SIZE = 16 * 1024 * 1024;
 const HEARTBEAT_EVERY_MS = 1000;
 
 /** The activity context when called by a worker (or MockActivityEnvironment); undefined in a plain call. */
@@ -44,33 +47,6 @@ async function withHeartbeat<T>(work: () => Promise<T>): Promise<T> {
   }
 }
 
-function checkBandwidth(field: string, value: unknown): number {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
-    throw invalidInput(`${field} ${String(value)} must be a number of bytes per second >= 0 (0 = unlimited)`);
-  }
-  return value;
-}
-
-function checkWorkload(instanceId: string, w: WorkloadConfig | undefined): void {
-  const rate = w?.writeBytesPerSec;
-  const size = w?.writeSize;
-  if (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0) {
-    throw invalidInput(
-      `instance ${instanceId}: workload writeBytesPerSec ${String(rate)} must be a number >= 0 (0 = idle)`,
-    );
-  }
-  if (
-    !Number.isSafeInteger(size) ||
-    (size as number) <= 0 ||
-    (size as number) % SECTOR_SIZE !== 0 ||
-    (size as number) > MAX_WRITE_SIZE
-  ) {
-    throw invalidInput(
-      `instance ${instanceId}: workload writeSize ${String(size)} must be a positive multiple of ${SECTOR_SIZE} up to ${MAX_WRITE_SIZE}`,
-    );
-  }
-}
-
 /** Everything about a launch that can be wrong, checked before anything touches the disk. */
 function checkLaunch(launch: InstanceLaunch): void {
   const instanceId = assertId('instanceId', launch?.instanceId);
@@ -83,16 +59,7 @@ function checkLaunch(launch: InstanceLaunch): void {
       throw invalidInput(`instance ${instanceId}: volume ${volume.volumeId} is listed twice`);
     seen.add(volume.volumeId);
   }
-  checkWorkload(instanceId, launch.workload);
-}
-
-function checkAbsolutePath(field: string, value: unknown): string {
-  if (typeof value !== 'string' || value === '' || !path.isAbsolute(value) || value.includes('\0')) {
-    throw invalidInput(
-      `${field} ${JSON.stringify(value)} must be an absolute file path on the worker's machine`,
-    );
-  }
-  return value;
+  assertWorkloadConfig(`instance ${instanceId} workload`, launch.workload);
 }
 
 /**
@@ -145,7 +112,7 @@ export function createHostActivities(agent: HostAgent) {
       const migrationId = assertId('migrationId', input?.migrationId);
       const volumeId = assertId('volumeId', input.volumeId);
       assertId('sourceHostId', input.sourceHostId);
-      const bandwidth = checkBandwidth('bandwidthBytesPerSec', input.bandwidthBytesPerSec);
+      const bandwidth = assertBandwidth(input.bandwidthBytesPerSec);
       if (
         typeof input.maxSliceMs !== 'number' ||
         !Number.isFinite(input.maxSliceMs) ||
@@ -207,7 +174,7 @@ export function createHostActivities(agent: HostAgent) {
     /** Target side: change the rate limit of a running (or the next) sync slice of this migration. */
     async setSyncBandwidth(input: { migrationId: string; bytesPerSec: number }): Promise<void> {
       assertId('migrationId', input?.migrationId);
-      agent.setSyncBandwidth(input.migrationId, checkBandwidth('bytesPerSec', input.bytesPerSec));
+      agent.setSyncBandwidth(input.migrationId, assertBandwidth(input.bytesPerSec));
     },
 
     /** Target side: hash-compare every block copied from the source (blocks written here since the switch are skipped). */
@@ -258,7 +225,7 @@ export function createHostActivities(agent: HostAgent) {
         userData: input.userData,
       };
       checkVolumeMeta(meta);
-      const srcPath = checkAbsolutePath('path', input.path);
+      const srcPath = assertAbsolutePath('path', input.path);
       const ctx = context();
       const { sha256 } = await withHeartbeat(() =>
         agent.importVolume(meta, srcPath, (bytesDone) => ctx?.heartbeat({ bytesDone })),
@@ -268,9 +235,8 @@ export function createHostActivities(agent: HostAgent) {
 
     async exportVolume(input: VolumeExportInput): Promise<VolumeExportResult> {
       const volumeId = assertId('volumeId', input?.volumeId);
-      const destPath = checkAbsolutePath('path', input.path);
-      if (!agent.store.hasVolume(volumeId))
-        throw notFound(`volume ${volumeId} does not exist on host ${agent.hostId}`);
+      const destPath = assertAbsolutePath('path', input.path);
+      // An unknown volume fails NotFound here, before the image file is created.
       const device = await agent.device(volumeId);
       const { sha256, sizeBytes } = await withHeartbeat(() => agent.store.exportImage(device, destPath));
       return { volumeId, hostId: agent.hostId, path: destPath, sizeBytes, sha256 };

@@ -74,8 +74,6 @@ export interface FleetSpec {
   hostCapacity?: Resources;
   /** vCPU and memory of every instance (disk comes from volumeSizeBytes); default 2 vCPU, 4096 MiB. */
   instanceShape?: Pick<Resources, 'vcpu' | 'memoryMiB'>;
-  /** Initial volume content: deterministic pseudo-random bytes per volume (default) or zeros. */
-  fill?: 'pattern' | 'zero';
 }
 
 export interface FleetLayout {

@@ -2,13 +2,15 @@ import Database from 'better-sqlite3';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  assertFleetSpec,
   assertId,
+  assertResources,
+  assertWorkloadConfig,
   DEFAULT_BLOCK_SIZE,
   DEFAULT_WORKLOAD,
   invalidInput,
   invalidState,
   MAX_VOLUME_BYTES,
-  MiB,
   noCapacity,
   notFound,
   SECTOR_SIZE,
@@ -48,8 +50,6 @@ export const INVENTORY_FILE = 'inventory.db';
 export const ZONES = ['zone-a', 'zone-b', 'zone-c'];
 export const DEFAULT_ACCOUNTS = ['acct-1', 'acct-2'];
 export const DEFAULT_INSTANCE_SHAPE = { vcpu: 2, memoryMiB: 4096 };
-export const MAX_FLEET_HOSTS = 256;
-export const MAX_FLEET_INSTANCES = 4096;
 const INSTANCE_STATES: InstanceState[] = ['pending', 'running', 'stopped'];
 const LIST_HINT = '`rehome fleet list` shows what exists';
 
@@ -123,6 +123,25 @@ export class Inventory {
   getReservation(key: string): ReservationRecord | undefined {
     const row = this.stmt('SELECT * FROM reservations WHERE key = ?').get(key) as ReservationRow | undefined;
     return row && toReservation(row);
+  }
+
+  /** The record, or NotFound telling the operator how to see what exists. */
+  requireHost(hostId: string): HostRecord {
+    const host = this.getHost(hostId);
+    if (!host) throw notFound(`host ${hostId} not found: ${LIST_HINT}`);
+    return host;
+  }
+
+  requireInstance(instanceId: string): InstanceRecord {
+    const instance = this.getInstance(instanceId);
+    if (!instance) throw notFound(`instance ${instanceId} not found: ${LIST_HINT}`);
+    return instance;
+  }
+
+  requireVolume(volumeId: string): VolumeRecord {
+    const volume = this.getVolume(volumeId);
+    if (!volume) throw notFound(`volume ${volumeId} not found: ${LIST_HINT}`);
+    return volume;
   }
 
   listHosts(): HostRecord[] {
@@ -472,18 +491,6 @@ export class Inventory {
     return addResources(instances, reservations);
   }
 
-  private requireHost(hostId: string): HostRecord {
-    const host = this.getHost(hostId);
-    if (!host) throw notFound(`host ${hostId} not found: ${LIST_HINT}`);
-    return host;
-  }
-
-  private requireInstance(instanceId: string): InstanceRecord {
-    const instance = this.getInstance(instanceId);
-    if (!instance) throw notFound(`instance ${instanceId} not found: ${LIST_HINT}`);
-    return instance;
-  }
-
   private insertInstance(i: InstanceRecord): void {
     this.stmt(
       `INSERT INTO instances (id, account, host_id, vcpu, memory_mib, disk_bytes, state, tags, workload)
@@ -513,38 +520,12 @@ export class Inventory {
 
 /** Validates a fleet spec and lays it out; throws InvalidInput (or NoCapacity) saying what to change. */
 export function planFleet(spec: FleetSpec): FleetLayout {
-  if (typeof spec !== 'object' || spec === null) throw invalidInput('fleet spec must be an object');
-  const hosts = assertIntInRange('hosts', spec.hosts, 1, MAX_FLEET_HOSTS);
-  const instances = assertIntInRange('instances', spec.instances, 0, MAX_FLEET_INSTANCES);
-  const volumeSizeBytes = spec.volumeSizeBytes;
-  if (
-    !Number.isSafeInteger(volumeSizeBytes) ||
-    volumeSizeBytes < MiB ||
-    volumeSizeBytes > MAX_VOLUME_BYTES ||
-    volumeSizeBytes % MiB !== 0
-  ) {
-    throw invalidInput(
-      `volume size ${String(volumeSizeBytes)} is not allowed: use a whole number of MiB between 1 MiB and ` +
-        `${formatExactBytes(MAX_VOLUME_BYTES)} (e.g. 256MiB)`,
-    );
-  }
-  const accounts = spec.accounts ?? DEFAULT_ACCOUNTS;
-  if (!Array.isArray(accounts) || accounts.length === 0 || accounts.length > MAX_FLEET_INSTANCES) {
-    throw invalidInput(
-      `accounts must be a list of 1 to ${MAX_FLEET_INSTANCES} account ids (e.g. ["acct-1"])`,
-    );
-  }
-  accounts.forEach((a, n) => assertId(`accounts[${n}]`, a));
-  const workload = assertWorkload(spec.workload ?? DEFAULT_WORKLOAD);
-  if (spec.fill !== undefined && spec.fill !== 'pattern' && spec.fill !== 'zero') {
-    throw invalidInput(`fill ${JSON.stringify(spec.fill)} is not allowed: use "pattern" or "zero"`);
-  }
-  const shapeIn = spec.instanceShape ?? DEFAULT_INSTANCE_SHAPE;
-  const shape: Resources = {
-    vcpu: assertIntInRange('instanceShape.vcpu', shapeIn?.vcpu, 1, 1024),
-    memoryMiB: assertIntInRange('instanceShape.memoryMiB', shapeIn?.memoryMiB, 1, 64 * 1024 * 1024),
-    diskBytes: volumeSizeBytes,
-  };
+  const { hosts, instances, volumeSizeBytes, ...options } = assertFleetSpec(spec);
+  const accounts = options.accounts ?? DEFAULT_ACCOUNTS;
+  // Checked again with the defaults filled in: the checks also return the fields in a fixed order.
+  const workload = assertWorkloadConfig('workload', options.workload ?? DEFAULT_WORKLOAD);
+  const shapeIn = options.instanceShape ?? DEFAULT_INSTANCE_SHAPE;
+  const shape: Resources = { vcpu: shapeIn.vcpu, memoryMiB: shapeIn.memoryMiB, diskBytes: volumeSizeBytes };
   // Twice each host's share, so every instance has somewhere to migrate to.
   const share = Math.max(1, Math.ceil(instances / hosts));
   const defaultCapacity: Resources = {
@@ -552,7 +533,8 @@ export function planFleet(spec: FleetSpec): FleetLayout {
     memoryMiB: shape.memoryMiB * 2 * share,
     diskBytes: shape.diskBytes * 2 * share,
   };
-  const capacity = assertResources('hostCapacity', spec.hostCapacity ?? defaultCapacity);
+  // A huge default (big volumes, many instances per host) can exceed what a double counts exactly.
+  const capacity = assertResources('hostCapacity', options.hostCapacity ?? defaultCapacity);
 
   const hostRecords: HostRecord[] = Array.from({ length: hosts }, (_, n) => ({
     hostId: `h-${n + 1}`,
@@ -597,41 +579,6 @@ function assertKey(key: unknown): string {
     );
   }
   return key;
-}
-
-function assertIntInRange(field: string, value: unknown, min: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
-    throw invalidInput(`${field} ${String(value)} is out of range: use a whole number from ${min} to ${max}`);
-  }
-  return value;
-}
-
-function assertResources(field: string, r: unknown): Resources {
-  const value = (r ?? {}) as Partial<Resources>;
-  const check = (d: keyof Resources) => {
-    const n = value[d];
-    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
-      throw invalidInput(`${field}.${d} ${String(n)} is not allowed: use a whole number, 0 or more`);
-    }
-    return n;
-  };
-  return { vcpu: check('vcpu'), memoryMiB: check('memoryMiB'), diskBytes: check('diskBytes') };
-}
-
-function assertWorkload(w: WorkloadConfig): WorkloadConfig {
-  const rate = w?.writeBytesPerSec;
-  if (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0) {
-    throw invalidInput(
-      `workload.writeBytesPerSec ${String(rate)} is not allowed: use bytes per second, 0 or more`,
-    );
-  }
-  const size = w.writeSize;
-  if (!Number.isSafeInteger(size) || size < SECTOR_SIZE || size > MiB || size % SECTOR_SIZE !== 0) {
-    throw invalidInput(
-      `workload.writeSize ${String(size)} is not allowed: use a multiple of ${SECTOR_SIZE} from ${SECTOR_SIZE} to ${MiB}`,
-    );
-  }
-  return { writeBytesPerSec: rate, writeSize: size };
 }
 
 function assertVolume(v: VolumeRecord): VolumeRecord {

@@ -2,18 +2,13 @@ import { proxyActivities, workflowInfo } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control-activities';
 import type { HostActivities } from '../activities/host-activities';
 import {
+  assertFleetSpec,
   assertId,
-  assertNonNegativeInteger,
-  assertObject,
-  assertPositiveInteger,
   CONTROL_ACTIVITY_OPTIONS,
   formatBytes,
   hostActivityOptions,
-  invalidInput,
-  MAX_VOLUME_BYTES,
   Operation,
   reportFailure,
-  SECTOR_SIZE,
   showPhase,
   upsertVisibility,
   type FleetLayout,
@@ -27,7 +22,7 @@ import {
  * and starts its instances, all hosts in parallel.
  */
 export async function fleetInit(spec: FleetSpec): Promise<FleetLayout> {
-  validateFleetSpec(spec);
+  assertFleetSpec(spec);
   const key = assertId('workflow id (the fleet key)', workflowInfo().workflowId);
   return await reportFailure('fleet init', () => initFleet(key, spec));
 }
@@ -93,33 +88,4 @@ function groupLaunchesByHost(layout: FleetLayout): Map<string, InstanceLaunch[]>
     byHost.set(hostId, [...(byHost.get(hostId) ?? []), launch]);
   }
   return byHost;
-}
-
-function validateFleetSpec(spec: unknown): asserts spec is FleetSpec {
-  const fields = assertObject('fleet spec', spec);
-  assertPositiveInteger('hosts', fields.hosts);
-  assertNonNegativeInteger('instances', fields.instances);
-  const size = assertPositiveInteger('volumeSizeBytes', fields.volumeSizeBytes);
-  if (size % SECTOR_SIZE !== 0 || size > MAX_VOLUME_BYTES) {
-    throw invalidInput(
-      `volumeSizeBytes ${size} is not a usable disk size: give a multiple of ${SECTOR_SIZE} bytes up to ${formatBytes(MAX_VOLUME_BYTES)}, e.g. 268435456 for 256 MiB`,
-    );
-  }
-  if (fields.accounts !== undefined) {
-    if (!Array.isArray(fields.accounts) || fields.accounts.length === 0) {
-      throw invalidInput('accounts must be a non-empty list of account ids, e.g. ["acme", "globex"]');
-    }
-    fields.accounts.forEach((account, i) => assertId(`accounts[${i}]`, account));
-  }
-  if (fields.workload !== undefined) {
-    const workload = assertObject('workload', fields.workload);
-    assertNonNegativeInteger('workload.writeBytesPerSec', workload.writeBytesPerSec);
-    const writeSize = assertPositiveInteger('workload.writeSize', workload.writeSize);
-    if (writeSize % SECTOR_SIZE !== 0) {
-      throw invalidInput(`workload.writeSize ${writeSize} must be a multiple of ${SECTOR_SIZE}, e.g. 4096`);
-    }
-  }
-  if (fields.fill !== undefined && fields.fill !== 'pattern' && fields.fill !== 'zero') {
-    throw invalidInput(`fill ${JSON.stringify(fields.fill)} is not known: use "pattern" or "zero"`);
-  }
 }

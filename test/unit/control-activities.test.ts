@@ -109,7 +109,13 @@ describe('control activities', () => {
         'a negative bandwidth',
         (a) => a.planMigration({ instanceId: 'i-1', targetHostId: 'h-2', bandwidthBytesPerSec: -1 }),
         ErrorType.InvalidInput,
-        /bandwidth -1 is not allowed: use bytes per second, 0 or more/,
+        /bandwidth -1 is not valid: give whole bytes per second >= 0/,
+      ],
+      [
+        'a fractional bandwidth',
+        (a) => a.planMigration({ instanceId: 'i-1', targetHostId: 'h-2', bandwidthBytesPerSec: 1.5 }),
+        ErrorType.InvalidInput,
+        /bandwidth 1\.5 is not valid/,
       ],
       [
         'an infinite bandwidth',
@@ -290,12 +296,18 @@ describe('control activities', () => {
       expect(next.userData).toBe(false);
     });
 
-    test('refuses a relative path', async () => {
+    test('refuses a relative path and a path with a NUL character', async () => {
       await expectRefused([
         '',
         (a) => a.planVolumeImport({ instanceId: 'i-1', path: 'disk.img', workloadWrites: false }),
         ErrorType.InvalidInput,
-        /image path "disk.img" must be absolute/,
+        /path "disk.img" is relative: give an absolute path/,
+      ]);
+      await expectRefused([
+        '',
+        (a) => a.planVolumeImport({ instanceId: 'i-1', path: `${dir}/disk\0.img`, workloadWrites: false }),
+        ErrorType.InvalidInput,
+        /path contains a NUL character/,
       ]);
     });
 
@@ -398,7 +410,7 @@ describe('control activities', () => {
         'describing an unknown volume',
         (a) => a.describeVolume({ volumeId: 'i-1-v7' }),
         ErrorType.NotFound,
-        /volume i-1-v7 not found/,
+        /volume i-1-v7 not found: `rehome fleet list` shows what exists/,
       ],
       [
         'describing a malformed volume',

@@ -139,6 +139,15 @@ describe('host activities', () => {
     });
     const oddSize = launchOf('i-2', 1 * MiB, [1000]);
     await expect(a1.launchInstances([oddSize])).rejects.toMatchObject({ type: 'InvalidInput' });
+    const bigWrites = { ...launchOf('i-3'), workload: { writeBytesPerSec: MiB, writeSize: 2 * MiB } };
+    await expect(a1.launchInstances([bigWrites])).rejects.toMatchObject({
+      type: 'InvalidInput',
+      message: expect.stringMatching(/^instance i-3 workload\.writeSize 2097152 is not allowed/),
+    });
+    await expect(a1.launchInstances([launchOf('i-4', 0.5)])).rejects.toMatchObject({
+      type: 'InvalidInput',
+      message: expect.stringMatching(/^instance i-4 workload\.writeBytesPerSec 0\.5 is not allowed/),
+    });
     expect(store('h-1').listVolumes()).toEqual([]);
     expect(fs.existsSync(path.join(dataDir, 'hosts', 'h-1', 'instances'))).toBe(false);
 
@@ -151,7 +160,14 @@ describe('host activities', () => {
     ).rejects.toMatchObject({ type: 'NotFound' });
     await expect(a2.exportVolume({ volumeId: 'i-1-v0', path: 'relative.img' })).rejects.toMatchObject({
       type: 'InvalidInput',
+      message: expect.stringMatching(/^path "relative\.img" is relative/),
     });
+    const out = path.join(dataDir, 'out.img');
+    await expect(a2.exportVolume({ volumeId: 'i-1-v0', path: out })).rejects.toMatchObject({
+      type: 'NotFound',
+      message: 'volume i-1-v0 does not exist on host h-2',
+    });
+    expect(fs.existsSync(out)).toBe(false);
     expect(store('h-2').listVolumes()).toEqual([]);
   });
 
@@ -417,6 +433,11 @@ describe('host activities', () => {
     await expect(a2.setSyncBandwidth({ migrationId: 'm-1', bytesPerSec: -1 })).rejects.toMatchObject({
       type: 'InvalidInput',
     });
+    await expect(a2.setSyncBandwidth({ migrationId: 'm-1', bytesPerSec: 0.5 })).rejects.toMatchObject({
+      type: 'InvalidInput',
+      message: expect.stringMatching(/^bandwidth 0\.5 is not valid/),
+    });
+    expect(agent.syncBandwidth('m-1')).toBe(128 * KiB);
   });
 
   test('a cancelled slice stops its copy and reports the cancellation', async () => {

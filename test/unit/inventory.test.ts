@@ -219,6 +219,18 @@ describe('inventory', () => {
         /writeSize 100.*multiple of 512/,
       ],
       [
+        'write size over 1 MiB',
+        { ...smallFleet, workload: { writeBytesPerSec: 1, writeSize: 2 * MiB } },
+        ErrorType.InvalidInput,
+        /writeSize 2097152 is not allowed: use a multiple of 512 from 512 to 1048576/,
+      ],
+      [
+        'fractional rate',
+        { ...smallFleet, workload: { writeBytesPerSec: 1.5, writeSize: 4096 } },
+        ErrorType.InvalidInput,
+        /writeBytesPerSec 1\.5 is not allowed: use whole bytes per second/,
+      ],
+      [
         'negative rate',
         { ...smallFleet, workload: { writeBytesPerSec: -1, writeSize: 4096 } },
         ErrorType.InvalidInput,
@@ -241,12 +253,6 @@ describe('inventory', () => {
         { ...smallFleet, hostCapacity: { vcpu: 2, memoryMiB: 65536, diskBytes: GiB } },
         ErrorType.NoCapacity,
         /instance i-4 .* fits on none of the 3 host/,
-      ],
-      [
-        'bad fill',
-        { ...smallFleet, fill: 'ones' as 'zero' },
-        ErrorType.InvalidInput,
-        /use "pattern" or "zero"/,
       ],
     ];
     test.each(badSpecs)('rejects %s and records nothing', (_name, spec, type, message) => {

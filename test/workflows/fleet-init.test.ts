@@ -73,10 +73,30 @@ describe('fleetInit', () => {
     ['no hosts', { hosts: 0, instances: 1, volumeSizeBytes: MiB }],
     ['fractional instances', { hosts: 1, instances: 1.5, volumeSizeBytes: MiB }],
     ['size not a sector multiple', { hosts: 1, instances: 1, volumeSizeBytes: 1000 }],
+    ['size not a whole MiB', { hosts: 1, instances: 1, volumeSizeBytes: MiB + 512 }],
+    ['too many hosts', { hosts: 257, instances: 1, volumeSizeBytes: MiB }],
     ['bad account id', { hosts: 1, instances: 1, volumeSizeBytes: MiB, accounts: ['../acme'] }],
     [
       'odd write size',
       { hosts: 1, instances: 1, volumeSizeBytes: MiB, workload: { writeBytesPerSec: 0, writeSize: 100 } },
+    ],
+    [
+      'write size over 1 MiB',
+      { hosts: 1, instances: 1, volumeSizeBytes: MiB, workload: { writeBytesPerSec: 0, writeSize: 2 * MiB } },
+    ],
+    [
+      'fractional write rate',
+      { hosts: 1, instances: 1, volumeSizeBytes: MiB, workload: { writeBytesPerSec: 0.5, writeSize: 4096 } },
+    ],
+    ['bad instance shape', { hosts: 1, instances: 1, volumeSizeBytes: MiB, instanceShape: { vcpu: 0 } }],
+    [
+      'negative host capacity',
+      {
+        hosts: 1,
+        instances: 1,
+        volumeSizeBytes: MiB,
+        hostCapacity: { vcpu: -1, memoryMiB: 1, diskBytes: 1 },
+      },
     ],
   ];
 
