@@ -56,10 +56,6 @@ export class FleetRuntime implements HostPeers {
     return this.agents.get(hostId);
   }
 
-  agent(hostId: string): HostAgent | undefined {
-    return this.localAgent(hostId);
-  }
-
   /** Reads another host's images directly: every host's data lives under the same data directory. */
   blockSource(hostId: string): BlockSource {
     return localBlockSource(this.agents.get(hostId)?.store ?? new HostStore(this.dataDir, hostId));

@@ -7,8 +7,6 @@ import { xxh64 } from '@node-rs/xxhash';
  * moves is hashed twice (sender and receiver). 64 bits is ample to catch corruption in transit;
  * it is not meant to resist an adversary (the tunnel's encryption does that).
  */
-export const TRANSFER_HASH_ALGORITHM = 'xxh64';
-
 export function transferHash(data: Buffer): string {
   return xxh64(data).toString(16).padStart(16, '0');
 }

@@ -3,6 +3,7 @@ import * as path from 'path';
 import { ApplicationFailure } from '@temporalio/common';
 import type { InstanceLaunch, SwitchResult, WorkloadConfig } from '../contracts';
 import { assertId, invalidState, notFound } from '../contracts';
+import { isNoEnt, removeTemps, writeFileAtomicSync } from './atomic-file';
 import type { BlockDevice } from './block-device';
 import type { BlockSource } from './block-source';
 import { HostStore, type VolumeMeta } from './host-store';
@@ -42,13 +43,13 @@ export interface InstanceRecord {
 /** How an agent reaches other hosts: their data (always) and their agent (when in this process). */
 export interface HostPeers {
   blockSource(hostId: string): BlockSource;
-  agent(hostId: string): HostAgent | undefined;
+  localAgent(hostId: string): HostAgent | undefined;
 }
 
 export interface HostAgentOptions {
   /** Called when a running workload's write fails (it keeps retrying). Default: a throttled warning. */
   onWorkloadError?: (instanceId: string, err: unknown) => void;
-  /** Passed to each Workload; tests use a shorter tick. */
+  /** Period of each Workload's rate loop (the Workload's default, 5 ms, when unset). */
   workloadTickMs?: number;
 }
 
@@ -124,6 +125,7 @@ export class HostAgent {
   async start(): Promise<void> {
     if (this.started) return;
     this.started = true;
+    await removeTemps(this.instancesDir, (name) => name.endsWith('.json'));
     for (const record of this.loadRecords()) {
       this.records.set(record.instanceId, record);
       if (record.migration?.bandwidthBytesPerSec !== undefined) {
@@ -160,10 +162,6 @@ export class HostAgent {
     return record && structuredClone(record);
   }
 
-  listInstances(): InstanceRecord[] {
-    return [...this.records.values()].map((r) => structuredClone(r));
-  }
-
   /** The workload of an instance running (or paused) here, if any. */
   workload(instanceId: string): Workload | undefined {
     return this.workloads.get(instanceId);
@@ -178,7 +176,7 @@ export class HostAgent {
     try {
       names = fs.readdirSync(this.instancesDir);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      if (isNoEnt(err)) return [];
       throw err;
     }
     return names
@@ -186,16 +184,11 @@ export class HostAgent {
       .map((n) => JSON.parse(fs.readFileSync(path.join(this.instancesDir, n), 'utf8')) as InstanceRecord);
   }
 
-  /**
-   * Atomic (temp + rename) and synchronous, so concurrent activities never interleave a
-   * read-modify-write. No fsync: a killed process loses nothing the kernel already has.
-   */
+  /** Atomic (temp + rename) and synchronous, so concurrent activities never interleave a read-modify-write. */
   private save(record: InstanceRecord): InstanceRecord {
     const file = this.recordPath(record.instanceId);
     fs.mkdirSync(this.instancesDir, { recursive: true });
-    const tmp = `${file}.tmp-${process.pid}`;
-    fs.writeFileSync(tmp, JSON.stringify(record, null, 2) + '\n');
-    fs.renameSync(tmp, file);
+    writeFileAtomicSync(file, JSON.stringify(record, null, 2) + '\n');
     this.records.set(record.instanceId, record);
     return record;
   }
@@ -254,9 +247,9 @@ export class HostAgent {
 
   private async openDevice(volumeId: string): Promise<BlockDevice> {
     if (this.closed) throw invalidState(`host agent ${this.hostId} is closed`);
-    if (!this.store.hasVolume(volumeId))
-      throw notFound(`volume ${volumeId} does not exist on host ${this.hostId}`);
-    if (!ReplicaVolume.isReplica(this.store, volumeId)) return this.store.openVolume(volumeId);
+    const sidecar = this.store.readSidecar(volumeId);
+    if (!sidecar) throw notFound(`volume ${volumeId} does not exist on host ${this.hostId}`);
+    if (!sidecar.replica) return this.store.openVolume(volumeId);
     const owner = this.ownerOf(volumeId);
     if (!owner?.migration || owner.migration.role !== 'target') {
       throw invalidState(
@@ -466,7 +459,7 @@ export class HostAgent {
           `migration ${migrationId} to host ${this.hostId} was prepared from host ${m.sourceHostId}, not ${sourceHostId}`,
         );
       }
-      const source = this.peers.agent(sourceHostId);
+      const source = this.peers.localAgent(sourceHostId);
       if (!source) throw hostUnreachable(sourceHostId, this.hostId);
       for (const volume of record.volumes) await this.device(volume.volumeId);
 
@@ -506,7 +499,7 @@ export class HostAgent {
         );
       }
       const m = record.migration;
-      const target = m && this.peers.agent(m.targetHostId)?.instance(instanceId);
+      const target = m && this.peers.localAgent(m.targetHostId)?.instance(instanceId);
       if (m && target?.switch && target.migration?.migrationId === m.migrationId) {
         throw invalidState(
           `instance ${instanceId} already switched to host ${m.targetHostId} in migration ${m.migrationId}: it runs there and will not be resumed on ${this.hostId}`,
@@ -663,7 +656,7 @@ export class HostAgent {
           `volume ${meta.volumeId} already belongs to instance ${meta.instanceId}: pick another volume id`,
         );
       }
-      const { sha256 } = await this.store.importImage(meta.volumeId, meta, srcPath, onProgress);
+      const { sha256 } = await this.store.importImage(meta, srcPath, onProgress);
       if (!listed) {
         const volume: LaunchVolume = {
           volumeId: meta.volumeId,

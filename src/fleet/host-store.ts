@@ -1,17 +1,17 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
   MAX_VOLUME_BYTES,
   SECTOR_SIZE,
   assertId,
-  dataIntegrity,
   invalidInput,
   invalidState,
   isValidId,
   notFound,
 } from '../contracts';
+import { isNoEnt, removeTemps, tempPath, writeFileAtomic } from './atomic-file';
 import type { BlockDevice } from './block-device';
 import { fillPattern, volumePatternSeed } from './pattern';
 import { Volume, readFully, writeFully } from './volume';
@@ -97,19 +97,6 @@ export function pickMeta(s: VolumeMeta): VolumeMeta {
   };
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-function isNoEnt(err: unknown): boolean {
-  return (err as NodeJS.ErrnoException)?.code === 'ENOENT';
-}
-
 /**
  * One simulated host's disk: raw images under `<dataDir>/hosts/<hostId>/volumes/`, each with a JSON
  * sidecar (and a `.map` while it is a replica being synchronised).
@@ -135,11 +122,6 @@ export class HostStore {
 
   mapPath(volumeId: string): string {
     return path.join(this.volumesDir, `${assertId('volumeId', volumeId)}.map`);
-  }
-
-  /** A unique sibling name for writing a file before renaming it into place. */
-  tempPath(finalPath: string): string {
-    return `${finalPath}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   }
 
   hasVolume(volumeId: string): boolean {
@@ -182,9 +164,7 @@ export class HostStore {
   async writeSidecar(sidecar: VolumeSidecar): Promise<void> {
     const finalPath = this.metaPath(sidecar.volumeId);
     await this.ensureDir();
-    const tmp = this.tempPath(finalPath);
-    await writeFile(tmp, JSON.stringify(sidecar, null, 2) + '\n');
-    await rename(tmp, finalPath);
+    await writeFileAtomic(finalPath, JSON.stringify(sidecar, null, 2) + '\n');
   }
 
   async ensureDir(): Promise<void> {
@@ -197,9 +177,9 @@ export class HostStore {
       throw invalidInput(`volume fill must be 'zero' or 'pattern', got ${fill}`);
     if (this.checkExisting(meta)) return;
     await this.ensureDir();
-    await this.removeTemps(meta.volumeId, false);
+    await this.removeVolumeTemps(meta.volumeId, false);
     const finalPath = this.imagePath(meta.volumeId);
-    const tmp = this.tempPath(finalPath);
+    const tmp = tempPath(finalPath);
     const fh = await open(tmp, 'w');
     try {
       await fh.truncate(meta.sizeBytes);
@@ -229,20 +209,20 @@ export class HostStore {
     await rm(this.metaPath(volumeId), { force: true });
     await rm(this.mapPath(volumeId), { force: true });
     await rm(this.imagePath(volumeId), { force: true });
-    await this.removeTemps(volumeId, true);
+    await this.removeVolumeTemps(volumeId, true);
   }
 
+  /**
+   * Copies a raw image in as a new volume. The sha256 is of the bytes as read while copying: the
+   * written copy is not read back (that would only re-hash it from the page cache).
+   */
   async importImage(
-    volumeId: string,
     meta: VolumeMeta,
     srcPath: string,
     onProgress?: (bytesDone: number) => void,
   ): Promise<{ sha256: string }> {
-    assertId('volumeId', volumeId);
     checkVolumeMeta(meta);
-    if (meta.volumeId !== volumeId) {
-      throw invalidInput(`import of volume ${volumeId} was given metadata for volume ${meta.volumeId}`);
-    }
+    const { volumeId } = meta;
     const existing = this.readSidecar(volumeId);
     if (existing) {
       if (sameMeta(existing, meta) && !existing.replica && existing.importSha256)
@@ -265,30 +245,23 @@ export class HostStore {
     }
 
     await this.ensureDir();
-    await this.removeTemps(volumeId, false);
+    await this.removeVolumeTemps(volumeId, false);
     const finalPath = this.imagePath(volumeId);
-    const tmp = this.tempPath(finalPath);
-    const readHash = createHash('sha256');
+    const tmp = tempPath(finalPath);
+    const hash = createHash('sha256');
     const src = await open(srcPath, 'r');
     try {
       const dst = await open(tmp, 'w');
       try {
         await dst.truncate(meta.sizeBytes);
-        await copyFile(src, dst, meta.sizeBytes, readHash, onProgress);
+        await copyFile(src, dst, meta.sizeBytes, hash, onProgress);
       } finally {
         await dst.close();
       }
     } finally {
       await src.close();
     }
-    const sha256 = readHash.digest('hex');
-    const written = await sha256OfFile(tmp, meta.sizeBytes);
-    if (written !== sha256) {
-      await rm(tmp, { force: true });
-      throw dataIntegrity(
-        `import of ${srcPath} into volume ${volumeId} on host ${this.hostId}: the image written (sha256 ${written}) differs from what was read (${sha256}); check the disk and retry`,
-      );
-    }
+    const sha256 = hash.digest('hex');
     await rename(tmp, finalPath);
     await this.writeSidecar({ format: 1, ...pickMeta(meta), importSha256: sha256 });
     return { sha256 };
@@ -296,7 +269,7 @@ export class HostStore {
 
   /** Reads through the device (a replica mid-sync fetches what it lacks) and writes destPath atomically. */
   async exportImage(device: BlockDevice, destPath: string): Promise<{ sha256: string; sizeBytes: number }> {
-    const tmp = this.tempPath(destPath);
+    const tmp = tempPath(destPath);
     const dst = await open(tmp, 'w').catch((err: unknown) => {
       if (isNoEnt(err)) throw invalidInput(`cannot write ${destPath}: its directory does not exist`);
       throw err;
@@ -346,19 +319,11 @@ export class HostStore {
   }
 
   /** Temp files of interrupted writes; with all=false only those whose writer process is gone. */
-  private async removeTemps(volumeId: string, all: boolean): Promise<void> {
-    let names: string[];
-    try {
-      names = await readdir(this.volumesDir);
-    } catch (err) {
-      if (isNoEnt(err)) return;
-      throw err;
-    }
-    const prefix = new RegExp(`^${volumeId}\\.(img|json|map)\\.tmp-(\\d+)-[0-9a-f]+$`);
-    for (const name of names) {
-      const m = prefix.exec(name);
-      if (m && (all || !pidAlive(Number(m[2])))) await rm(path.join(this.volumesDir, name), { force: true });
-    }
+  private async removeVolumeTemps(volumeId: string, all: boolean): Promise<void> {
+    const files = [this.imagePath(volumeId), this.metaPath(volumeId), this.mapPath(volumeId)].map((f) =>
+      path.basename(f),
+    );
+    await removeTemps(this.volumesDir, (name) => files.includes(name), all);
   }
 }
 
@@ -386,20 +351,4 @@ async function copyFile(
     await writeFully(dst, piece, offset);
     onProgress?.(offset + piece.length);
   }
-}
-
-export async function sha256OfFile(file: string, sizeBytes: number): Promise<string> {
-  const hash = createHash('sha256');
-  const fh = await open(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(Math.min(IO_CHUNK, Math.max(sizeBytes, 1)));
-    for (let offset = 0; offset < sizeBytes; offset += buf.length) {
-      const piece = buf.subarray(0, Math.min(buf.length, sizeBytes - offset));
-      await readFully(fh, piece, offset);
-      hash.update(piece);
-    }
-  } finally {
-    await fh.close();
-  }
-  return hash.digest('hex');
 }

@@ -41,9 +41,6 @@ export interface CopyProgress {
   done: boolean;
 }
 
-/** Cumulative over the replica's life (persisted in the map header, then in the sidecar). */
-export type ReplicaCounters = SyncCounters;
-
 export interface VerifyReport {
   blocksVerified: number;
   blocksWrittenOnTarget: number;
@@ -275,7 +272,8 @@ export class ReplicaVolume implements BlockDevice {
     return { blocksDone, blocksTotal: this.blockCount, blocksMissing: this.blockCount - blocksDone };
   }
 
-  counters(): ReplicaCounters {
+  /** Cumulative over the replica's life (persisted in the map header, then in the sidecar). */
+  counters(): SyncCounters {
     return this.map.counters();
   }
 
@@ -397,7 +395,6 @@ export class ReplicaVolume implements BlockDevice {
         `replica ${this.volumeId} on host ${this.store.hostId} still lacks ${blocksMissing} blocks: finish the sync (and verify) before finalizing`,
       );
     }
-    await this.map.flush();
     await this.store.writeSidecar({ format: 1, ...this.meta, sync: this.map.counters() });
     this.finalized = true;
     await this.map.close();

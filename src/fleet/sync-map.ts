@@ -1,7 +1,7 @@
 import { writeSync } from 'node:fs';
-import { open, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+import { open, rm, type FileHandle } from 'node:fs/promises';
 import { invalidState } from '../contracts';
+import { writeFileAtomic } from './atomic-file';
 import type { SyncCounters } from './host-store';
 import { readFully } from './volume';
 
@@ -77,12 +77,10 @@ export class SyncMap {
   /** Writes a map of all-Missing blocks atomically (temp + rename). */
   static async create(file: string, blockCount: number, blockSize: number): Promise<void> {
     const zero: SyncCounters = { bytesCopied: 0, bytesReadThrough: 0, bytesRecopied: 0 };
-    const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    await writeFile(
-      tmp,
+    await writeFileAtomic(
+      file,
       Buffer.concat([encodeHeader(blockCount, blockSize, zero), Buffer.alloc(blockCount)]),
     );
-    await rename(tmp, file);
   }
 
   static async open(file: string): Promise<SyncMap> {
@@ -143,11 +141,6 @@ export class SyncMap {
   }
 
   /** Sets the memory state now; the promise resolves once it is in the file. */
-  set(i: number, state: BlockState): Promise<void> {
-    this.assign(i, state);
-    return this.persist(i, 1);
-  }
-
   setRange(first: number, count: number, state: BlockState): Promise<void> {
     for (let i = first; i < first + count; i++) this.assign(i, state);
     return this.persist(first, count);
@@ -175,16 +168,6 @@ export class SyncMap {
     this.totals.bytesReadThrough += delta.bytesReadThrough ?? 0;
     this.totals.bytesRecopied += delta.bytesRecopied ?? 0;
     return this.writeNow(encodeHeader(this.blockCount, this.blockSize, this.totals), 0);
-  }
-
-  /** A copy of the memory states (Copying shows only for chunks in flight). */
-  snapshot(): Buffer {
-    return Buffer.from(this.states);
-  }
-
-  /** Resolves when everything set so far is in the file (each update is written as it is made). */
-  flush(): Promise<void> {
-    return Promise.resolve();
   }
 
   async close(): Promise<void> {

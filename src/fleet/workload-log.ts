@@ -2,6 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
 import { assertId } from '../contracts/ids';
+import { isNoEnt } from './atomic-file';
 import { fillPattern } from './pattern';
 
 /** One write the synthetic workload completed; its bytes are patternBytes(`w:${instanceId}:${seq}`, length). */
@@ -94,7 +95,7 @@ export function lastLoggedSeq(dataDir: string, instanceId: string): number {
   try {
     fd = fs.openSync(file, 'r');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    if (isNoEnt(err)) return 0;
     throw err;
   }
   try {

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { WorkloadConfig } from '../contracts/fleet';
 import type { BlockDevice } from './block-device';
 import { patternBytes } from './pattern';
@@ -20,9 +21,6 @@ export interface WorkloadOptions {
   device: (volumeId: string) => Promise<BlockDevice>;
   /** Period of the rate loop; each tick issues the writes the rate owes. */
   tickMs?: number;
-  /** One read after every this many writes. */
-  readEvery?: number;
-  random?: () => number;
   /** A write or read failed after the first; the loop retries the same write after a short pause. */
   onError?: (err: unknown) => void;
 }
@@ -49,10 +47,10 @@ interface PendingWrite {
 }
 
 const RETRY_DELAY_MS = 100;
+/** One read after every this many writes. */
+const READ_EVERY = 16;
 /** A stalled disk must not turn into a burst afterwards: the rate forgets debt older than this. */
 const MAX_BACKLOG_MS = 100;
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /**
  * The synthetic load of one running instance: writes of `writeSize` bytes at random aligned offsets
@@ -87,10 +85,6 @@ export class Workload {
 
   get lastSeq(): number {
     return this.lastSeq_;
-  }
-
-  get config(): WorkloadConfig {
-    return this.opts.config;
   }
 
   /** Volumes can change while running (an import attaches one). */
@@ -171,7 +165,6 @@ export class Workload {
   private async run(generation: number): Promise<void> {
     const { writeBytesPerSec, writeSize } = this.opts.config;
     const tickMs = this.opts.tickMs ?? 5;
-    const readEvery = this.opts.readEvery ?? 16;
     const writesPerMs = writeBytesPerSec / writeSize / 1000;
     const maxBacklog = Math.max(1, Math.ceil(writesPerMs * MAX_BACKLOG_MS));
     const live = () => this.generation === generation && this.state_ === 'running';
@@ -189,7 +182,7 @@ export class Workload {
         try {
           await this.track(this.writeNext());
           issued++;
-          if (++this.writesSinceRead >= readEvery) {
+          if (++this.writesSinceRead >= READ_EVERY) {
             this.writesSinceRead = 0;
             await this.track(this.readRandom());
           }
@@ -206,11 +199,10 @@ export class Workload {
   }
 
   private pick(volumes: WorkloadVolume[]): { volume: WorkloadVolume; offset: number } {
-    const random = this.opts.random ?? Math.random;
     const writeSize = this.opts.config.writeSize;
-    const volume = volumes[Math.floor(random() * volumes.length)];
+    const volume = volumes[Math.floor(Math.random() * volumes.length)];
     const slots = Math.floor(volume.sizeBytes / writeSize);
-    return { volume, offset: Math.floor(random() * slots) * writeSize };
+    return { volume, offset: Math.floor(Math.random() * slots) * writeSize };
   }
 
   private async writeNext(): Promise<void> {

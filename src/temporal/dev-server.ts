@@ -1,9 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Connection } from '@temporalio/client';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import { SEARCH_ATTRIBUTES } from '../contracts';
+import { processAlive, removeTemps, writeFileAtomicSync } from '../fleet/atomic-file';
 import { temporalCliPath } from './binaries';
 import { isPortOpen } from './ports';
 
@@ -14,10 +16,6 @@ export interface DevServerOptions {
   port?: number;
   uiPort?: number;
   namespace?: string;
-  /** How long to wait for the server to answer before giving up (default 60 s). */
-  startTimeoutMs?: number;
-  /** How long stop() waits after SIGTERM before SIGKILL (default 10 s). */
-  stopTimeoutMs?: number;
 }
 
 export interface DevServer {
@@ -42,25 +40,20 @@ export interface DevServerState {
 const STATE_FILE = 'temporal-server.json';
 const LOG_FILE = 'temporal-server.log';
 const TAIL_LINES = 20;
+/** How long to wait for the server to answer before giving up. */
+const START_TIMEOUT_MS = 60_000;
+/** How long stop() waits after SIGTERM before SIGKILL. */
+const STOP_TIMEOUT_MS = 10_000;
 
 export function serverStatePath(dataDir: string): string {
   return path.join(dataDir, STATE_FILE);
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** The dev server rehome started for this data dir, if its process is still alive. */
 export function readServerState(dataDir: string): DevServerState | undefined {
   try {
     const state = JSON.parse(fs.readFileSync(serverStatePath(dataDir), 'utf8')) as DevServerState;
-    return typeof state.pid === 'number' && isAlive(state.pid) ? state : undefined;
+    return typeof state.pid === 'number' && processAlive(state.pid) ? state : undefined;
   } catch {
     return undefined;
   }
@@ -137,10 +130,6 @@ function exitPromise(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => child.once('exit', () => resolve()));
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 async function waitReady(
   child: ChildProcess,
   tail: Tail,
@@ -202,6 +191,7 @@ export async function startDevServer(options: DevServerOptions): Promise<DevServ
     );
   }
   await assertPortsFree(ip, port, uiPort);
+  await removeTemps(dataDir, (name) => name === STATE_FILE);
 
   const cli = temporalCliPath();
   if (!cli) return startWithSdkDownload(dataDir, ip, port, uiPort, namespace);
@@ -238,7 +228,7 @@ export async function startDevServer(options: DevServerOptions): Promise<DevServ
       process.removeListener('exit', killOnExit);
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), options.stopTimeoutMs ?? 10_000);
+        const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
         await exited;
         clearTimeout(timer);
       }
@@ -250,10 +240,7 @@ export async function startDevServer(options: DevServerOptions): Promise<DevServ
   };
 
   try {
-    await Promise.race([
-      waitReady(child, tail, address, namespace, options.startTimeoutMs ?? 60_000, logFile),
-      spawnFailed,
-    ]);
+    await Promise.race([waitReady(child, tail, address, namespace, START_TIMEOUT_MS, logFile), spawnFailed]);
   } catch (err) {
     await stop();
     throw err;
@@ -265,7 +252,8 @@ export async function startDevServer(options: DevServerOptions): Promise<DevServ
     namespace,
     startedAt: new Date().toISOString(),
   };
-  fs.writeFileSync(serverStatePath(dataDir), JSON.stringify(state, null, 2));
+  // Atomic, so a second start never reads a torn state file and takes the server for gone.
+  writeFileAtomicSync(serverStatePath(dataDir), JSON.stringify(state, null, 2));
   return { address, uiUrl, namespace, logFile, stop };
 }
 

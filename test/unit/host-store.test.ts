@@ -165,7 +165,7 @@ describe('HostStore', () => {
     const src = path.join(dir, 'disk.img');
     writeFileSync(src, original);
     const progress: number[] = [];
-    const imported = await store.importImage('v-imp', { ...meta('v-imp', size), userData: true }, src, (b) =>
+    const imported = await store.importImage({ ...meta('v-imp', size), userData: true }, src, (b) =>
       progress.push(b),
     );
     expect(imported.sha256).toBe(sha256Hex(original));
@@ -173,7 +173,7 @@ describe('HostStore', () => {
     expect(readFileSync(store.imagePath('v-imp')).equals(original)).toBe(true);
     expect(store.readMeta('v-imp').userData).toBe(true);
 
-    const again = await store.importImage('v-imp', { ...meta('v-imp', size), userData: true }, src);
+    const again = await store.importImage({ ...meta('v-imp', size), userData: true }, src);
     expect(again.sha256).toBe(imported.sha256);
 
     const vol = await store.openVolume('v-imp');
@@ -188,14 +188,32 @@ describe('HostStore', () => {
   it('import refuses a file of the wrong size or a missing file and leaves nothing behind', async () => {
     const src = path.join(dir, 'disk.img');
     writeFileSync(src, Buffer.alloc(64 * KiB));
-    await expectFailure(store.importImage('v-a', meta('v-a', 128 * KiB), src), ErrorType.InvalidInput);
+    await expectFailure(store.importImage(meta('v-a', 128 * KiB), src), ErrorType.InvalidInput);
     await expectFailure(
-      store.importImage('v-a', meta('v-a', 64 * KiB), path.join(dir, 'nope.img')),
+      store.importImage(meta('v-a', 64 * KiB), path.join(dir, 'nope.img')),
       ErrorType.NotFound,
     );
-    await expectFailure(store.importImage('v-a', meta('v-b', 64 * KiB), src), ErrorType.InvalidInput);
+    await expectFailure(store.importImage(meta('../v-a', 64 * KiB), src), ErrorType.InvalidInput);
     expect(store.hasVolume('v-a')).toBe(false);
     expect(existsSync(store.imagePath('v-a'))).toBe(false);
+  });
+
+  it('removes the temp files of writers that died, and only those, before writing a volume', async () => {
+    const volumesDir = path.dirname(store.imagePath('v-t'));
+    await store.createVolume(meta('v-other', 64 * KiB), 'zero');
+    // pid 2^22 + 1 is above Linux's pid_max limit, so no process has it.
+    const dead = `v-t.img.tmp-${2 ** 22 + 1}-0badf00d`;
+    const live = `v-t.map.tmp-${process.pid}-0badf00d`;
+    const unrelated = `v-other.img.tmp-${2 ** 22 + 1}-0badf00d`;
+    for (const name of [dead, live, unrelated]) writeFileSync(path.join(volumesDir, name), 'x');
+    await store.createVolume(meta('v-t', 64 * KiB), 'zero');
+    expect(
+      readdirSync(volumesDir)
+        .filter((n) => n.includes('.tmp-'))
+        .sort(),
+    ).toEqual([unrelated, live].sort());
+    await store.deleteVolume('v-t');
+    expect(readdirSync(volumesDir).filter((n) => n.includes('.tmp-'))).toEqual([unrelated]);
   });
 
   it('export to a missing directory fails clearly', async () => {
