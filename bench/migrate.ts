@@ -14,9 +14,10 @@ import {
   type FleetSpec,
   type LiveMigrationResult,
 } from '../src/contracts';
+import { HostStore } from '../src/fleet/host-store';
 import { readWorkloadLog } from '../src/fleet/workload-log';
 import { installCliRuntime } from '../src/worker';
-import { bundleWorkflows, startCluster, type TestCluster } from '../test/helpers/cluster';
+import { startCluster, type TestCluster } from '../test/helpers/cluster';
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -61,8 +62,8 @@ function switchGapMs(
   );
 }
 
-async function syncThroughput(bundle: Awaited<ReturnType<typeof bundleWorkflows>>) {
-  const cluster = await startCluster({ workflowBundle: bundle });
+async function syncThroughput() {
+  const cluster = await startCluster();
   try {
     const size = 512 * MiB;
     const layout = await fleet(cluster, {
@@ -78,7 +79,7 @@ async function syncThroughput(bundle: Awaited<ReturnType<typeof bundleWorkflows>
     const syncMs: number[] = [];
     // Run 0 is a warm-up: this VM backs memory lazily and the JIT is cold, and neither is what we measure.
     for (let run = 0; run <= 3; run++) {
-      const image = path.join(cluster.dataDir, 'hosts', from, 'volumes', `${volume.volumeId}.img`);
+      const image = new HostStore(cluster.dataDir, from).imagePath(volume.volumeId);
       const copy = path.join(path.dirname(image), 'cp-bench.img');
       execFileSync('sync');
       const t0 = performance.now();
@@ -107,12 +108,8 @@ async function syncThroughput(bundle: Awaited<ReturnType<typeof bundleWorkflows>
   }
 }
 
-async function downtime(
-  bundle: Awaited<ReturnType<typeof bundleWorkflows>>,
-  sizeBytes: number,
-  runs: number,
-) {
-  const cluster = await startCluster({ workflowBundle: bundle });
+async function downtime(sizeBytes: number, runs: number) {
+  const cluster = await startCluster();
   try {
     const layout = await fleet(cluster, {
       hosts: 2,
@@ -143,10 +140,9 @@ async function downtime(
 
 async function main() {
   installCliRuntime();
-  const bundle = await bundleWorkflows();
-  const { syncMBps, cpMBps } = await syncThroughput(bundle);
-  const downtimeMs64MiB = await downtime(bundle, 64 * MiB, 5);
-  const downtimeMs1GiB = await downtime(bundle, 1 * GiB, 5);
+  const { syncMBps, cpMBps } = await syncThroughput();
+  const downtimeMs64MiB = await downtime(64 * MiB, 5);
+  const downtimeMs1GiB = await downtime(1 * GiB, 5);
   console.log(
     JSON.stringify({
       syncMBps: round(syncMBps),

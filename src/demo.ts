@@ -4,18 +4,17 @@ import { errorLine, exitCodeFor } from './cli/errors';
 import { parseCount } from './cli/sizes';
 import { followMigration, migrationSummary } from './cli/progress';
 import { shutdownSignals, startStackUnlessSignalled, unlessSignalled, type Stack } from './cli/stack';
-import { fleetInitRequest, operationId, startWorkflow } from './cli/start';
+import { fleetInitRequest, migrationRequest, startWorkflow } from './cli/start';
 import {
   formatBytes,
+  formatRate,
   MiB,
-  Operation,
-  WorkflowType,
   type FleetLayout,
   type FleetSpec,
   type InstanceRecord,
   type LiveMigrationInput,
 } from './contracts';
-import { openInventory, type Inventory } from './fleet/inventory';
+import type { Inventory } from './fleet/inventory';
 import { pickHost } from './planning/placement';
 import { dataDir as resolveDataDir, workflowListUrl, workflowUrl } from './temporal/connection';
 
@@ -59,22 +58,10 @@ function pickMigration(inventory: Inventory): { instance: InstanceRecord; target
 async function migrateOne(stack: Stack, inventory: Inventory): Promise<void> {
   const { instance, targetHostId } = pickMigration(inventory);
   const input: LiveMigrationInput = { instanceId: instance.instanceId, targetHostId };
-  const handle = await startWorkflow(stack.client, {
-    type: WorkflowType.liveMigration,
-    workflowId: operationId('migrate', [instance.instanceId, `to-${targetHostId}`]),
-    args: [input],
-    summary: `live-migrate ${instance.instanceId} ${instance.hostId} → ${targetHostId}`,
-    visibility: {
-      operation: Operation.liveMigration,
-      instanceId: instance.instanceId,
-      hostId: targetHostId,
-      account: instance.account,
-      phase: 'validating',
-    },
-  });
+  const handle = await startWorkflow(stack.client, migrationRequest(input, instance));
   const rate = instance.workload.writeBytesPerSec;
   say(
-    `\nlive-migrating ${instance.instanceId} (${instance.account}) ${instance.hostId} → ${targetHostId} while its workload writes ${rate ? `${formatBytes(rate)}/s` : 'nothing'}`,
+    `\nlive-migrating ${instance.instanceId} (${instance.account}) ${instance.hostId} → ${targetHostId} while its workload writes ${rate ? formatRate(rate) : 'nothing'}`,
   );
   const result = await followMigration(handle, { json: false, say });
   say(migrationSummary(result));
@@ -106,7 +93,8 @@ async function main(argv: string[]): Promise<void> {
     { dataDir: dir, port: opts.port, uiPort: opts.uiPort },
     signals.signalled,
   );
-  const inventory = openInventory(dir);
+  // The workers' own inventory: this process already has it open.
+  const { inventory } = stack.workers;
   try {
     say(
       `Temporal ${stack.target.address}${stack.server ? ' (embedded dev server)' : ''}, Web UI ${stack.target.uiUrl ?? '(unknown)'}`,
@@ -120,7 +108,6 @@ async function main(argv: string[]): Promise<void> {
       await signals.signalled;
     }
   } finally {
-    inventory.close();
     say('stopping workers and server...');
     await stack.stop();
     signals.dispose();

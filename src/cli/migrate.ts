@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
-import { formatRate, assertId, Operation, WorkflowType, type LiveMigrationInput } from '../contracts';
+import { assertId, formatRate, type LiveMigrationInput } from '../contracts';
 import { CliContext } from './context';
 import { followMigration, migrationSummary } from './progress';
 import { parseRate } from './sizes';
-import { operationId, reportStarted, startOperation } from './start';
+import { migrationRequest, reportStarted, startOperation } from './start';
 
 interface MigrateOptions {
   to: string;
@@ -45,19 +45,7 @@ export function registerMigrate(program: Command): void {
         targetHostId,
         bandwidthBytesPerSec: opts.bandwidth ?? 0,
       };
-      const handle = await startOperation(ctx, {
-        type: WorkflowType.liveMigration,
-        workflowId: operationId('migrate', [instanceId, `to-${targetHostId}`]),
-        args: [input],
-        summary: `live-migrate ${instanceId} ${instance?.hostId ?? '?'} → ${targetHostId}`,
-        visibility: {
-          operation: Operation.liveMigration,
-          instanceId,
-          hostId: targetHostId,
-          account: instance?.account,
-          phase: 'validating',
-        },
-      });
+      const handle = await startOperation(ctx, migrationRequest(input, instance));
       if (!opts.wait) {
         const limit = opts.bandwidth ? ` at ${formatRate(opts.bandwidth)}` : '';
         return reportStarted(

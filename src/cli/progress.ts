@@ -1,5 +1,6 @@
 import { SingleBar } from 'cli-progress';
 import type { WorkflowHandle } from '@temporalio/client';
+import { setTimeout } from 'node:timers/promises';
 import {
   formatBytes,
   formatDuration,
@@ -12,8 +13,25 @@ import { keyValues } from './format';
 
 const POLL_MS = 250;
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+/**
+ * Reads a migration's `progress` query every POLL_MS until `closed` settles (the workflow ended) or
+ * `onProgress` returns true. A query that fails (workflow not started yet, worker busy) is skipped.
+ */
+export async function pollProgress(
+  handle: WorkflowHandle,
+  closed: Promise<unknown>,
+  onProgress: (progress: MigrationProgress) => boolean | void,
+): Promise<void> {
+  let done = false;
+  const settled = closed.then(
+    () => (done = true),
+    () => (done = true),
+  );
+  while (!done) {
+    const progress = await handle.query(progressQuery).catch(() => undefined);
+    if (progress && onProgress(progress)) return;
+    await Promise.race([setTimeout(POLL_MS), settled]);
+  }
 }
 
 function eta(seconds: number | null): string {
@@ -29,11 +47,6 @@ export async function followMigration(
   out: { json: boolean; say(line: string): void },
 ): Promise<LiveMigrationResult> {
   const result = handle.result() as Promise<LiveMigrationResult>;
-  let closed = false;
-  const settled = result.then(
-    () => (closed = true),
-    () => (closed = true),
-  );
   const tty = !out.json && process.stdout.isTTY === true;
   const bar = tty
     ? new SingleBar({
@@ -46,16 +59,12 @@ export async function followMigration(
   let lastPhase = '';
   try {
     bar?.start(1, 0, { phase: 'starting', moved: '0 B', size: '?', rate: '-', limit: '-', left: '-' });
-    while (!closed) {
-      const progress = await handle.query(progressQuery).catch(() => undefined);
-      if (progress) {
-        if (bar) render(bar, progress);
-        else if (!out.json && progress.phase !== lastPhase)
-          out.say(`${handle.workflowId}: ${phaseLine(progress)}`);
-        lastPhase = progress.phase;
-      }
-      await Promise.race([sleep(POLL_MS), settled]);
-    }
+    await pollProgress(handle, result, (progress) => {
+      if (bar) render(bar, progress);
+      else if (!out.json && progress.phase !== lastPhase)
+        out.say(`${handle.workflowId}: ${phaseLine(progress)}`);
+      lastPhase = progress.phase;
+    });
   } finally {
     bar?.stop();
   }

@@ -6,6 +6,8 @@ import {
   Operation,
   WorkflowType,
   type FleetSpec,
+  type InstanceRecord,
+  type LiveMigrationInput,
   type Visibility,
   visibilityPairs,
 } from '../contracts';
@@ -43,6 +45,30 @@ export function fleetInitRequest(spec: FleetSpec): StartRequest {
     args: [spec],
     summary: `fleet init: ${spec.hosts} hosts, ${spec.instances} instances × ${formatBytes(spec.volumeSizeBytes)}`,
     visibility: { operation: Operation.fleetInit },
+  };
+}
+
+/**
+ * How every client (CLI, demo) starts a live migration. The instance's current host and account,
+ * when this machine's inventory knows them, label the workflow from its first moment.
+ */
+export function migrationRequest(
+  input: LiveMigrationInput,
+  instance?: Pick<InstanceRecord, 'hostId' | 'account'>,
+): StartRequest {
+  const { instanceId, targetHostId } = input;
+  return {
+    type: WorkflowType.liveMigration,
+    workflowId: operationId('migrate', [instanceId, `to-${targetHostId}`]),
+    args: [input],
+    summary: `live-migrate ${instanceId} ${instance?.hostId ?? '?'} → ${targetHostId}`,
+    visibility: {
+      operation: Operation.liveMigration,
+      instanceId,
+      hostId: targetHostId,
+      account: instance?.account,
+      phase: 'validating',
+    },
   };
 }
 

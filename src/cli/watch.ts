@@ -4,7 +4,6 @@ import type { Command } from 'commander';
 import {
   formatBytes,
   formatRate,
-  progressQuery,
   setBandwidthUpdate,
   WorkflowType,
   type FleetLayout,
@@ -16,14 +15,8 @@ import {
 import { workflowUrl } from '../temporal/connection';
 import { CliContext } from './context';
 import { errorLine } from './errors';
-import { followMigration, migrationSummary } from './progress';
+import { followMigration, migrationSummary, pollProgress } from './progress';
 import { parseRate } from './sizes';
-
-const POLL_MS = 250;
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 async function existing(client: Client, workflowId: string) {
   const handle = client.workflow.getHandle(workflowId);
@@ -144,25 +137,26 @@ interface CancelOutcome {
 
 /** After a cancel request: wait until the workflow closes, or (a migration) says it refuses. */
 async function awaitCancelOutcome(handle: WorkflowHandle, migration: boolean): Promise<CancelOutcome> {
-  let closed: { ok: true } | { ok: false; err: unknown } | undefined;
-  const settled = handle.result().then(
-    () => (closed = { ok: true }),
-    (err: unknown) => (closed = { ok: false, err }),
+  const closed = handle.result().then(
+    () => ({ ok: true as const }),
+    (err: unknown) => ({ ok: false as const, err }),
   );
   let last: MigrationProgress | undefined;
-  while (!closed) {
-    if (migration) {
-      last = (await handle.query(progressQuery).catch(() => undefined)) ?? last;
-      if (last?.cancelRefused) {
-        return {
-          outcome: 'refused',
-          message: `refused: ${handle.workflowId} already switched ${last.instanceId} to ${last.targetHostId}; the sync continues to completion (\`rehome status ${handle.workflowId}\`)`,
-        };
-      }
+  if (migration) {
+    let refused = false;
+    await pollProgress(handle, closed, (progress) => {
+      last = progress;
+      refused = progress.cancelRefused;
+      return refused;
+    });
+    if (refused && last) {
+      return {
+        outcome: 'refused',
+        message: `refused: ${handle.workflowId} already switched ${last.instanceId} to ${last.targetHostId}; the sync continues to completion (\`rehome status ${handle.workflowId}\`)`,
+      };
     }
-    await Promise.race([sleep(POLL_MS), settled]);
   }
-  const end = closed as { ok: true } | { ok: false; err: unknown };
+  const end = await closed;
   if (end.ok)
     return { outcome: 'completed', message: `${handle.workflowId} completed before the cancel took effect` };
   if (!isCancelled(end.err)) {

@@ -30,3 +30,9 @@ export const CONTROL_ACTIVITY_OPTIONS: ActivityOptions = {
 export function hostActivityOptions(hostId: string): ActivityOptions {
   return { taskQueue: hostTaskQueue(hostId), startToCloseTimeout: '60s', retry: RETRY };
 }
+
+/** Whole-image work on a host (writing a fleet's images, import, export) takes minutes and heartbeats. */
+export const LONG_HOST_ACTIVITY: Pick<ActivityOptions, 'startToCloseTimeout' | 'heartbeatTimeout'> = {
+  startToCloseTimeout: '30 minutes',
+  heartbeatTimeout: '30s',
+};

@@ -38,3 +38,9 @@ export function surfaceFailure(err: unknown): unknown {
   }
   return err;
 }
+
+/** The message an operator should read for a failure: the surfaced cause's, not a wrapper's. */
+export function errorMessage(err: unknown): string {
+  const surfaced = surfaceFailure(err);
+  return surfaced instanceof Error ? surfaced.message : String(surfaced);
+}

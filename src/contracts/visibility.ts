@@ -1,6 +1,6 @@
 import type { SearchAttributePair } from '@temporalio/common';
 import { isCancellation, setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
-import { surfaceFailure } from './errors';
+import { errorMessage, surfaceFailure } from './errors';
 import { AccountKey, HostIdKey, InstanceIdKey, OperationKey, PhaseKey } from './search-attributes';
 
 /** What operators filter on in the Web UI (`InstanceId = "i-3"`): set at start by clients, upserted by workflows. */
@@ -41,9 +41,8 @@ export async function reportFailure<T>(what: string, body: () => Promise<T>): Pr
   try {
     return await body();
   } catch (err) {
-    const surfaced = surfaceFailure(err);
     const why = isCancellation(err) ? 'cancelled' : 'failed';
-    showPhase(why, `**${why}** ${what}: ${surfaced instanceof Error ? surfaced.message : String(surfaced)}`);
-    throw surfaced;
+    showPhase(why, `**${why}** ${what}: ${errorMessage(err)}`);
+    throw surfaceFailure(err);
   }
 }

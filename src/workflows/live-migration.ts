@@ -20,6 +20,7 @@ import {
   BOUNDED,
   CONTROL_ACTIVITY_OPTIONS,
   dataIntegrity,
+  errorMessage,
   formatBytes,
   formatDuration,
   formatList,
@@ -534,9 +535,4 @@ class Migration {
       phaseMs: { ...this.phaseMs },
     };
   }
-}
-
-function errorMessage(err: unknown): string {
-  const surfaced = surfaceFailure(err);
-  return surfaced instanceof Error ? surfaced.message : String(surfaced);
 }

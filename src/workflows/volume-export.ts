@@ -8,6 +8,7 @@ import {
   CONTROL_ACTIVITY_OPTIONS,
   formatBytes,
   hostActivityOptions,
+  LONG_HOST_ACTIVITY,
   Operation,
   reportFailure,
   showPhase,
@@ -15,9 +16,6 @@ import {
   type VolumeExportInput,
   type VolumeExportResult,
 } from '../contracts';
-
-/** Copying a whole image in or out is one activity: big images take minutes, and it heartbeats meanwhile. */
-const TRANSFER_OPTIONS = { startToCloseTimeout: '30 minutes', heartbeatTimeout: '30s' } as const;
 
 /** Writes a volume's raw image to a path on the worker's machine, checked by hash. */
 export async function volumeExport(input: VolumeExportInput): Promise<VolumeExportResult> {
@@ -40,7 +38,7 @@ export async function volumeExport(input: VolumeExportInput): Promise<VolumeExpo
     );
     const host = proxyActivities<HostActivities>(hostActivityOptions(hostId));
     const result = await host.exportVolume.executeWithOptions(
-      { ...TRANSFER_OPTIONS, summary: `export ${volumeId} from ${hostId}` },
+      { ...LONG_HOST_ACTIVITY, summary: `export ${volumeId} from ${hostId}` },
       [{ volumeId, path }],
     );
     showPhase(

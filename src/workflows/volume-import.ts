@@ -9,6 +9,7 @@ import {
   CONTROL_ACTIVITY_OPTIONS,
   formatBytes,
   hostActivityOptions,
+  LONG_HOST_ACTIVITY,
   Operation,
   reportFailure,
   showPhase,
@@ -16,9 +17,6 @@ import {
   type VolumeImportInput,
   type VolumeImportResult,
 } from '../contracts';
-
-/** Copying a whole image in or out is one activity: big images take minutes, and it heartbeats meanwhile. */
-const TRANSFER_OPTIONS = { startToCloseTimeout: '30 minutes', heartbeatTimeout: '30s' } as const;
 
 /** Brings a raw disk image (e.g. a filesystem the user built) into the fleet as a volume of an instance. */
 export async function volumeImport(input: VolumeImportInput): Promise<VolumeImportResult> {
@@ -44,7 +42,7 @@ export async function volumeImport(input: VolumeImportInput): Promise<VolumeImpo
     );
     const host = proxyActivities<HostActivities>(hostActivityOptions(hostId));
     const result = await host.importVolume.executeWithOptions(
-      { ...TRANSFER_OPTIONS, summary: `import ${plan.volumeId} on ${hostId}` },
+      { ...LONG_HOST_ACTIVITY, summary: `import ${plan.volumeId} on ${hostId}` },
       [
         {
           volumeId: plan.volumeId,

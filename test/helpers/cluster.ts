@@ -1,11 +1,11 @@
 import { Client, Connection } from '@temporalio/client';
-import { NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { NativeConnection } from '@temporalio/worker';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startDevServer, type DevServer } from '../../src/temporal/dev-server';
 import { freePort } from '../../src/temporal/ports';
-import { startWorkers, workflowBundle, type RunningWorkers } from '../../src/worker';
+import { startWorkers, type RunningWorkers } from '../../src/worker';
 
 /**
  * A real embedded Temporal dev server on free ports, real workers (control + every host agent) in this
@@ -17,11 +17,6 @@ export interface TestCluster {
   client: Client;
   workers: RunningWorkers;
   stop(): Promise<void>;
-}
-
-/** The workflow code, bundled once per process (per test file) and shared by every cluster in it. */
-export function bundleWorkflows(): Promise<WorkflowBundleWithSourceMap> {
-  return workflowBundle();
 }
 
 /**
@@ -38,9 +33,7 @@ async function startServerOnFreePorts(dataDir: string): Promise<DevServer> {
   }
 }
 
-export async function startCluster(
-  opts: { workflowBundle?: WorkflowBundleWithSourceMap; dataDir?: string } = {},
-): Promise<TestCluster> {
+export async function startCluster(opts: { dataDir?: string } = {}): Promise<TestCluster> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-it-'));
   const server = await startServerOnFreePorts(dataDir);
   const workerConnection = await NativeConnection.connect({ address: server.address });
@@ -50,7 +43,6 @@ export async function startCluster(
     connection: workerConnection,
     namespace: server.namespace,
     dataDir,
-    workflowBundle: opts.workflowBundle ?? (await bundleWorkflows()),
   });
   return {
     dataDir,
