@@ -1,3 +1,4 @@
+import { ApplicationFailure } from '@temporalio/common';
 import * as fs from 'node:fs';
 import {
   assertAbsolutePath,
@@ -19,11 +20,14 @@ import {
   type PlanVolumeImportInput,
   type ReservationRecord,
   type ReserveInput,
+  type CommitVolumeInput,
   type VolumePlan,
+  ErrorType,
   type VolumeRecord,
 } from '../contracts';
 import type { Inventory } from '../fleet/inventory';
-import { formatExactBytes } from '../planning/placement';
+import { isNoEnt } from '../fleet/atomic-file';
+import { formatExactBytes, ZERO_RESOURCES } from '../planning/placement';
 
 /** Control-plane activities: inventory and placement. They never touch a host's data. */
 export function createControlActivities(inventory: Inventory) {
@@ -113,8 +117,17 @@ export function createControlActivities(inventory: Inventory) {
           `${file} is ${formatExactBytes(size)}, over the ${formatExactBytes(MAX_VOLUME_BYTES)} volume limit`,
         );
       }
-      const free = inventory.hostUsage(instance.hostId).free.diskBytes;
-      if (size > free) {
+      // Reserved, not just checked: a concurrent import cannot take the room while this image copies.
+      try {
+        inventory.reserve({
+          key: input.key,
+          hostId: instance.hostId,
+          instanceId,
+          resources: { ...ZERO_RESOURCES, diskBytes: size },
+        });
+      } catch (err) {
+        if (!(err instanceof ApplicationFailure) || err.type !== ErrorType.NoCapacity) throw err;
+        const free = inventory.hostUsage(instance.hostId).free.diskBytes;
         throw noCapacity(
           `host ${instance.hostId} has ${formatExactBytes(Math.max(0, free))} of disk free, the image needs ` +
             `${formatExactBytes(size)}: migrate instance ${instanceId} to a roomier host first or use a smaller image`,
@@ -131,9 +144,9 @@ export function createControlActivities(inventory: Inventory) {
       };
     },
 
-    /** Records an imported volume and counts its size in the instance's shape; a retry is a no-op. */
-    async commitVolume(input: VolumePlan): Promise<void> {
-      inventory.addVolume({ ...input, kind: 'instance-store' });
+    /** Records an imported volume, counts its size in the instance's shape and drops its reservation; a retry is a no-op. */
+    async commitVolume({ key, ...plan }: CommitVolumeInput): Promise<void> {
+      inventory.addVolume({ ...plan, kind: 'instance-store' }, key);
     },
 
     async describeVolume(input: { volumeId: string }): Promise<VolumeRecord> {
@@ -149,7 +162,7 @@ function statOrUndefined(file: string): fs.Stats | undefined {
   try {
     return fs.statSync(file);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if (isNoEnt(err)) return undefined;
     throw invalidInput(`cannot read ${file}: ${(err as Error).message}`);
   }
 }

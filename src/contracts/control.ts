@@ -18,6 +18,8 @@ export interface CommitMigrationInput {
 }
 
 export interface PlanVolumeImportInput {
+  /** The asking workflow's id: the image's disk room is reserved under it until the volume is committed. */
+  key: string;
   instanceId: string;
   path: string;
   workloadWrites: boolean;
@@ -27,3 +29,6 @@ export type VolumePlan = Pick<
   VolumeRecord,
   'volumeId' | 'instanceId' | 'hostId' | 'sizeBytes' | 'blockSize' | 'userData'
 >;
+
+/** Records the imported volume and drops the reservation that held its room, in one transaction. */
+export type CommitVolumeInput = VolumePlan & { key: string };

@@ -418,10 +418,12 @@ export class Inventory {
    * Records a volume on its instance's host and grows the instance's disk shape by its size, so
    * host usage keeps counting it. Adding the same volume again is a no-op (returns false).
    */
-  addVolume(volume: VolumeRecord): boolean {
+  addVolume(volume: VolumeRecord, reservationKey?: string): boolean {
     const v = assertVolume(volume);
     return this.db
       .transaction((): boolean => {
+        // The room the reservation held is what the volume now takes: drop it first, in this transaction.
+        if (reservationKey !== undefined) this.release(reservationKey);
         const existing = this.getVolume(v.volumeId);
         if (existing) {
           if (JSON.stringify(existing) !== JSON.stringify(v)) {

@@ -1,4 +1,4 @@
-import { proxyActivities } from '@temporalio/workflow';
+import { CancellationScope, proxyActivities, workflowInfo } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control-activities';
 import type { HostActivities } from '../activities/host-activities';
 import {
@@ -24,13 +24,30 @@ export async function volumeImport(input: VolumeImportInput): Promise<VolumeImpo
   const instanceId = assertId('instanceId', fields.instanceId);
   const path = assertAbsolutePath('path', fields.path);
   const workloadWrites = assertOptionalBoolean('workloadWrites', fields.workloadWrites) ?? false;
+  const key = assertId('workflow id (the reservation key)', workflowInfo().workflowId);
   upsertVisibility({ operation: Operation.volumeImport, instanceId });
+  const control = proxyActivities<ControlActivities>(CONTROL_ACTIVITY_OPTIONS);
+  let reserved = false;
   return await reportFailure('volume import', async () => {
-    const control = proxyActivities<ControlActivities>(CONTROL_ACTIVITY_OPTIONS);
+    try {
+      return await importImage();
+    } catch (err) {
+      // The plan reserves the image's disk room; whatever went wrong after it, give the room back.
+      if (reserved) {
+        await CancellationScope.nonCancellable(() =>
+          control.releaseReservation.executeWithOptions({ summary: `release ${key}` }, [{ key }]),
+        );
+      }
+      throw err;
+    }
+  });
+
+  async function importImage(): Promise<VolumeImportResult> {
     showPhase('planning', `**planning** import of ${path} for ${instanceId}`);
+    reserved = true;
     const plan = await control.planVolumeImport.executeWithOptions(
       { summary: `plan import for ${instanceId}` },
-      [{ instanceId, path, workloadWrites }],
+      [{ key, instanceId, path, workloadWrites }],
     );
     const hostId = assertId('plan.hostId', plan.hostId);
     assertId('plan.volumeId', plan.volumeId);
@@ -56,11 +73,11 @@ export async function volumeImport(input: VolumeImportInput): Promise<VolumeImpo
     );
 
     showPhase('committing', `**committing** ${plan.volumeId} of ${instanceId} to the inventory`);
-    await control.commitVolume.executeWithOptions({ summary: `commit ${plan.volumeId}` }, [plan]);
+    await control.commitVolume.executeWithOptions({ summary: `commit ${plan.volumeId}` }, [{ ...plan, key }]);
     showPhase(
       'completed',
       `**completed** ${plan.volumeId} of ${instanceId} on ${hostId}: ${formatBytes(result.sizeBytes)}, sha256 ${result.sha256.slice(0, 12)}…`,
     );
     return result;
-  });
+  }
 }

@@ -264,10 +264,13 @@ describe('control activities', () => {
     test('plans, commits and describes an imported volume', async () => {
       const image = writeImage('disk.img', 3 * MiB + 512);
       const plan = await activities.planVolumeImport({
+        key: 'import-1',
         instanceId: 'i-1',
         path: image,
         workloadWrites: false,
       });
+      // The image's room is held from the plan on, so a concurrent import cannot take it.
+      expect(inventory.getReservation('import-1')?.resources.diskBytes).toBe(3 * MiB + 512);
       expect(plan).toEqual({
         volumeId: 'i-1-v1',
         instanceId: 'i-1',
@@ -276,9 +279,10 @@ describe('control activities', () => {
         blockSize: DEFAULT_BLOCK_SIZE,
         userData: true,
       });
-      await activities.commitVolume(plan);
+      await activities.commitVolume({ ...plan, key: 'import-1' });
+      expect(inventory.listReservations()).toEqual([]);
       const after = inventory.snapshot();
-      await activities.commitVolume(plan);
+      await activities.commitVolume({ ...plan, key: 'import-1' });
       expect(inventory.snapshot()).toEqual(after);
       expect(await activities.describeVolume({ volumeId: 'i-1-v1' })).toEqual({
         ...plan,
@@ -288,6 +292,7 @@ describe('control activities', () => {
       expect(inventory.checkConsistency()).toEqual([]);
 
       const next = await activities.planVolumeImport({
+        key: 'import-2',
         instanceId: 'i-1',
         path: image,
         workloadWrites: true,
@@ -299,13 +304,25 @@ describe('control activities', () => {
     test('refuses a relative path and a path with a NUL character', async () => {
       await expectRefused([
         '',
-        (a) => a.planVolumeImport({ instanceId: 'i-1', path: 'disk.img', workloadWrites: false }),
+        (a) =>
+          a.planVolumeImport({
+            key: 'import-bad',
+            instanceId: 'i-1',
+            path: 'disk.img',
+            workloadWrites: false,
+          }),
         ErrorType.InvalidInput,
         /path "disk.img" is relative: give an absolute path/,
       ]);
       await expectRefused([
         '',
-        (a) => a.planVolumeImport({ instanceId: 'i-1', path: `${dir}/disk\0.img`, workloadWrites: false }),
+        (a) =>
+          a.planVolumeImport({
+            key: 'import-bad',
+            instanceId: 'i-1',
+            path: `${dir}/disk\0.img`,
+            workloadWrites: false,
+          }),
         ErrorType.InvalidInput,
         /path contains a NUL character/,
       ]);
@@ -315,20 +332,26 @@ describe('control activities', () => {
       await expectRefused([
         '',
         (a) =>
-          a.planVolumeImport({ instanceId: 'i-1', path: path.join(dir, 'nope.img'), workloadWrites: false }),
+          a.planVolumeImport({
+            key: 'import-bad',
+            instanceId: 'i-1',
+            path: path.join(dir, 'nope.img'),
+            workloadWrites: false,
+          }),
         ErrorType.NotFound,
         /no file at .*nope\.img/,
       ]);
       await expectRefused([
         '',
-        (a) => a.planVolumeImport({ instanceId: 'i-1', path: dir, workloadWrites: false }),
+        (a) => a.planVolumeImport({ key: 'import-bad', instanceId: 'i-1', path: dir, workloadWrites: false }),
         ErrorType.InvalidInput,
         /is not a regular file/,
       ]);
       const empty = writeImage('empty.img', 0);
       await expectRefused([
         '',
-        (a) => a.planVolumeImport({ instanceId: 'i-1', path: empty, workloadWrites: false }),
+        (a) =>
+          a.planVolumeImport({ key: 'import-bad', instanceId: 'i-1', path: empty, workloadWrites: false }),
         ErrorType.InvalidInput,
         /is empty/,
       ]);
@@ -338,10 +361,35 @@ describe('control activities', () => {
       const odd = writeImage('odd.img', 1000);
       await expectRefused([
         '',
-        (a) => a.planVolumeImport({ instanceId: 'i-1', path: odd, workloadWrites: false }),
+        (a) => a.planVolumeImport({ key: 'import-bad', instanceId: 'i-1', path: odd, workloadWrites: false }),
         ErrorType.InvalidInput,
         `is 1000 bytes, not a multiple of 512: pad it with \`truncate -s 1024 ${odd}\``,
       ]);
+    });
+
+    test('two imports racing for the same disk room: the second is refused at its plan, before any copy', async () => {
+      // h-1: 256 MiB of disk, 128 MiB used by i-1 and i-4; each image fits alone, both do not.
+      const image = writeImage('half.img', 100 * MiB);
+      await activities.planVolumeImport({
+        key: 'import-a',
+        instanceId: 'i-1',
+        path: image,
+        workloadWrites: false,
+      });
+      await expectRefused([
+        '',
+        (a) => a.planVolumeImport({ key: 'import-b', instanceId: 'i-1', path: image, workloadWrites: false }),
+        ErrorType.NoCapacity,
+        /host h-1 has 28 MiB of disk free, the image needs 100 MiB/,
+      ]);
+      // A retried plan of the first import keeps its one reservation.
+      await activities.planVolumeImport({
+        key: 'import-a',
+        instanceId: 'i-1',
+        path: image,
+        workloadWrites: false,
+      });
+      expect(inventory.listReservations().map((r) => r.key)).toEqual(['import-a']);
     });
 
     test('refuses an image larger than the disk left on the host', async () => {
@@ -349,7 +397,7 @@ describe('control activities', () => {
       const big = writeImage('big.img', 129 * MiB);
       await expectRefused([
         '',
-        (a) => a.planVolumeImport({ instanceId: 'i-1', path: big, workloadWrites: false }),
+        (a) => a.planVolumeImport({ key: 'import-bad', instanceId: 'i-1', path: big, workloadWrites: false }),
         ErrorType.NoCapacity,
         /host h-1 has 128 MiB of disk free, the image needs 129 MiB/,
       ]);
@@ -359,19 +407,22 @@ describe('control activities', () => {
       const image = writeImage('disk.img', MiB);
       await expectRefused([
         '',
-        (a) => a.planVolumeImport({ instanceId: 'i-9', path: image, workloadWrites: false }),
+        (a) =>
+          a.planVolumeImport({ key: 'import-bad', instanceId: 'i-9', path: image, workloadWrites: false }),
         ErrorType.NotFound,
         /instance i-9 not found/,
       ]);
       await expectRefused([
         '',
-        (a) => a.planVolumeImport({ instanceId: 'i-4', path: image, workloadWrites: false }),
+        (a) =>
+          a.planVolumeImport({ key: 'import-bad', instanceId: 'i-4', path: image, workloadWrites: false }),
         ErrorType.InvalidState,
         /instance i-4 is pending, not running/,
       ]);
       await expectRefused([
         '',
-        (a) => a.planVolumeImport({ instanceId: '../i-1', path: image, workloadWrites: false }),
+        (a) =>
+          a.planVolumeImport({ key: 'import-bad', instanceId: '../i-1', path: image, workloadWrites: false }),
         ErrorType.InvalidInput,
         /instanceId "\.\.\/i-1"/,
       ]);
@@ -382,6 +433,7 @@ describe('control activities', () => {
         'a volume plan with a malformed id',
         (a) =>
           a.commitVolume({
+            key: 'import-bad',
             volumeId: '../v',
             instanceId: 'i-1',
             hostId: 'h-1',
@@ -396,6 +448,7 @@ describe('control activities', () => {
         'a volume plan for the wrong host',
         (a) =>
           a.commitVolume({
+            key: 'import-bad',
             volumeId: 'i-1-v1',
             instanceId: 'i-1',
             hostId: 'h-2',

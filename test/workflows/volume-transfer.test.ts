@@ -13,6 +13,7 @@ import {
   type VolumeExportInput,
   type VolumeImportInput,
 } from '../../src/contracts';
+import { ApplicationFailure } from '@temporalio/common';
 import type { volumeExport, volumeImport } from '../../src/workflows';
 import { expectApplicationFailure } from '../helpers/failures';
 import { failureOf, useTestBed } from '../helpers/workflow-harness';
@@ -34,6 +35,7 @@ describe('volumeImport', () => {
       `commitVolume@${CONTROL_TASK_QUEUE}`,
     ]);
     expect(bed.mocks.callsTo('planVolumeImport')[0].input).toEqual({
+      key: handle.workflowId,
       instanceId: 'i-3',
       path: '/var/tmp/disk.img',
       workloadWrites: false,
@@ -54,7 +56,8 @@ describe('volumeImport', () => {
       blockSize: plan.blockSize,
       userData: true,
     });
-    expect(bed.mocks.callsTo('commitVolume')[0].input).toEqual(plan);
+    // The commit drops the reservation the plan made under the workflow's id.
+    expect(bed.mocks.callsTo('commitVolume')[0].input).toEqual({ ...plan, key: handle.workflowId });
     expect(result).toEqual({
       volumeId: plan.volumeId,
       instanceId: 'i-3',
@@ -68,6 +71,25 @@ describe('volumeImport', () => {
     expect(attributes.get(InstanceIdKey)).toBe('i-3');
     expect(attributes.get(HostIdKey)).toBe('h-3');
     expect(attributes.get(PhaseKey)).toBe('completed');
+  });
+
+  it('gives the reserved disk room back when the copy fails', async () => {
+    bed.mocks.overrides.importVolume = async () => {
+      throw ApplicationFailure.create({
+        type: ErrorType.DataIntegrity,
+        message: 'hash mismatch',
+        nonRetryable: true,
+      });
+    };
+    const handle = await startImport({ instanceId: 'i-3', path: '/var/tmp/disk.img' });
+    expectApplicationFailure(await failureOf(handle), ErrorType.DataIntegrity, /hash mismatch/);
+    expect(bed.mocks.calls.map((c) => c.name)).toEqual([
+      'planVolumeImport',
+      'importVolume',
+      'releaseReservation',
+    ]);
+    expect(bed.mocks.callsTo('releaseReservation')[0].input).toEqual({ key: handle.workflowId });
+    expect((await handle.describe()).typedSearchAttributes.get(PhaseKey)).toBe('failed');
   });
 
   const bad: [string, unknown][] = [
