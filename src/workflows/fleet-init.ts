@@ -7,6 +7,7 @@ import {
   CONTROL_ACTIVITY_OPTIONS,
   formatBytes,
   hostActivityOptions,
+  LONG_HOST_ACTIVITY,
   Operation,
   reportFailure,
   showPhase,
@@ -47,11 +48,7 @@ async function initFleet(key: string, spec: FleetSpec): Promise<FleetLayout> {
   await Promise.all(
     [...launchesByHost].map(([hostId, launches]) =>
       proxyActivities<HostActivities>(hostActivityOptions(hostId)).launchInstances.executeWithOptions(
-        {
-          startToCloseTimeout: '30 minutes',
-          heartbeatTimeout: '30s',
-          summary: `launch ${launches.length} instance(s) on ${hostId}`,
-        },
+        { ...LONG_HOST_ACTIVITY, summary: `launch ${launches.length} instance(s) on ${hostId}` },
         [launches],
       ),
     ),
