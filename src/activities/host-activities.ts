@@ -21,11 +21,11 @@ import {
   assertBandwidth,
   assertId,
   assertWorkloadConfig,
+  blockCountOf,
   invalidInput,
   invalidState,
 } from '../contracts';
 import type { HostAgent } from '../fleet/host-agent';
-import { blockCountOf } from '../fleet/volume';
 import { checkVolumeMeta } from '../fleet/host-store';
 
 const HEARTBEAT_EVERY_MS = 1000;

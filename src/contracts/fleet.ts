@@ -10,6 +10,11 @@ export const SECTOR_SIZE = 512;
 /** Largest volume rehome accepts (a sanity bound for bad input, not a design limit). */
 export const MAX_VOLUME_BYTES = 16 * 1024 * GiB;
 
+/** Blocks in a volume; the last one may be partial. */
+export function blockCountOf(v: { sizeBytes: number; blockSize: number }): number {
+  return Math.ceil(v.sizeBytes / v.blockSize);
+}
+
 export interface Resources {
   vcpu: number;
   memoryMiB: number;

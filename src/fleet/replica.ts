@@ -1,5 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises';
-import { dataIntegrity, invalidInput, invalidState, notFound } from '../contracts';
+import { blockCountOf, dataIntegrity, invalidInput, invalidState, notFound } from '../contracts';
 import type { BlockDevice } from './block-device';
 import type { BlockSource } from './block-source';
 import { transferHash } from './hashing';
@@ -12,7 +12,7 @@ import {
   type VolumeMeta,
 } from './host-store';
 import { BlockState, SyncMap } from './sync-map';
-import { blockCountOf, checkByteRange, rangeBytes, readFully, writeFully } from './volume';
+import { checkByteRange, rangeBytes, readFully, writeFully } from './volume';
 
 export interface CopyOptions {
   /** Block to start looking at (the last heartbeated cursor); the copy wraps around to pick up earlier gaps. */

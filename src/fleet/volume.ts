@@ -1,5 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises';
-import { invalidInput, invalidState } from '../contracts';
+import { blockCountOf, invalidInput, invalidState } from '../contracts';
 import type { BlockDevice } from './block-device';
 
 /** Geometry shared by plain volumes, replicas and block sources: the last block may be partial. */
@@ -7,10 +7,6 @@ export interface VolumeGeometry {
   volumeId: string;
   sizeBytes: number;
   blockSize: number;
-}
-
-export function blockCountOf(g: Pick<VolumeGeometry, 'sizeBytes' | 'blockSize'>): number {
-  return Math.ceil(g.sizeBytes / g.blockSize);
 }
 
 /** Byte length of blocks [first, first + count), the last one possibly short. */

@@ -17,6 +17,7 @@ import {
   assertBandwidth,
   assertId,
   assertObject,
+  blockCountOf,
   BOUNDED,
   CONTROL_ACTIVITY_OPTIONS,
   dataIntegrity,
@@ -450,7 +451,7 @@ class Migration {
     this.volumes = plan.volumes.map((volume) => ({
       volume,
       blocksDone: 0,
-      blocksTotal: Math.ceil(volume.sizeBytes / volume.blockSize),
+      blocksTotal: blockCountOf(volume),
       bytesReadThrough: 0,
       blocksVerified: 0,
       blocksWrittenOnTarget: 0,
