@@ -11,6 +11,12 @@ const shape = { vcpu: 2, memoryMiB: 4096, diskBytes: 64 * MiB };
 
 type BadCase = [string, (a: ControlActivities) => Promise<unknown>, ErrorType, RegExp | string];
 
+/** A plan for importing `file` into `instanceId`, for cases that must be refused. */
+const planImport =
+  (file: string, instanceId = 'i-1') =>
+  (a: ControlActivities) =>
+    a.planVolumeImport({ key: 'import-bad', instanceId, path: file, workloadWrites: false });
+
 describe('control activities', () => {
   let dir: string;
   let inventory: Inventory;
@@ -304,25 +310,13 @@ describe('control activities', () => {
     test('refuses a relative path and a path with a NUL character', async () => {
       await expectRefused([
         '',
-        (a) =>
-          a.planVolumeImport({
-            key: 'import-bad',
-            instanceId: 'i-1',
-            path: 'disk.img',
-            workloadWrites: false,
-          }),
+        planImport('disk.img'),
         ErrorType.InvalidInput,
         /path "disk.img" is relative: give an absolute path/,
       ]);
       await expectRefused([
         '',
-        (a) =>
-          a.planVolumeImport({
-            key: 'import-bad',
-            instanceId: 'i-1',
-            path: `${dir}/disk\0.img`,
-            workloadWrites: false,
-          }),
+        planImport(`${dir}/disk\0.img`),
         ErrorType.InvalidInput,
         /path contains a NUL character/,
       ]);
@@ -341,27 +335,16 @@ describe('control activities', () => {
         ErrorType.NotFound,
         /no file at .*nope\.img/,
       ]);
-      await expectRefused([
-        '',
-        (a) => a.planVolumeImport({ key: 'import-bad', instanceId: 'i-1', path: dir, workloadWrites: false }),
-        ErrorType.InvalidInput,
-        /is not a regular file/,
-      ]);
+      await expectRefused(['', planImport(dir), ErrorType.InvalidInput, /is not a regular file/]);
       const empty = writeImage('empty.img', 0);
-      await expectRefused([
-        '',
-        (a) =>
-          a.planVolumeImport({ key: 'import-bad', instanceId: 'i-1', path: empty, workloadWrites: false }),
-        ErrorType.InvalidInput,
-        /is empty/,
-      ]);
+      await expectRefused(['', planImport(empty), ErrorType.InvalidInput, /is empty/]);
     });
 
     test('tells how to pad an image that is not a whole number of sectors', async () => {
       const odd = writeImage('odd.img', 1000);
       await expectRefused([
         '',
-        (a) => a.planVolumeImport({ key: 'import-bad', instanceId: 'i-1', path: odd, workloadWrites: false }),
+        planImport(odd),
         ErrorType.InvalidInput,
         `is 1000 bytes, not a multiple of 512: pad it with \`truncate -s 1024 ${odd}\``,
       ]);
@@ -397,7 +380,7 @@ describe('control activities', () => {
       const big = writeImage('big.img', 129 * MiB);
       await expectRefused([
         '',
-        (a) => a.planVolumeImport({ key: 'import-bad', instanceId: 'i-1', path: big, workloadWrites: false }),
+        planImport(big),
         ErrorType.NoCapacity,
         /host h-1 has 128 MiB of disk free, the image needs 129 MiB/,
       ]);
@@ -405,24 +388,16 @@ describe('control activities', () => {
 
     test('refuses unknown, stopped and malformed instances', async () => {
       const image = writeImage('disk.img', MiB);
+      await expectRefused(['', planImport(image, 'i-9'), ErrorType.NotFound, /instance i-9 not found/]);
       await expectRefused([
         '',
-        (a) =>
-          a.planVolumeImport({ key: 'import-bad', instanceId: 'i-9', path: image, workloadWrites: false }),
-        ErrorType.NotFound,
-        /instance i-9 not found/,
-      ]);
-      await expectRefused([
-        '',
-        (a) =>
-          a.planVolumeImport({ key: 'import-bad', instanceId: 'i-4', path: image, workloadWrites: false }),
+        planImport(image, 'i-4'),
         ErrorType.InvalidState,
         /instance i-4 is pending, not running/,
       ]);
       await expectRefused([
         '',
-        (a) =>
-          a.planVolumeImport({ key: 'import-bad', instanceId: '../i-1', path: image, workloadWrites: false }),
+        planImport(image, '../i-1'),
         ErrorType.InvalidInput,
         /instanceId "\.\.\/i-1"/,
       ]);
