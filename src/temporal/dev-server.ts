@@ -219,7 +219,16 @@ export async function startDevServer(options: DevServerOptions): Promise<DevServ
     child.once('error', (err) => reject(new Error(`cannot run ${cli}: ${err.message}`))),
   );
   // If this process exits without stop() (an uncaught error), do not leave the server behind.
-  const killOnExit = () => child.kill('SIGKILL');
+  // The leash leads its own process group with the server in it: a hard kill must reach both, or the
+  // server would outlive a leash that was killed first.
+  const killGroup = () => {
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  };
+  const killOnExit = killGroup;
   process.once('exit', killOnExit);
 
   let stopped: Promise<void> | undefined;
@@ -228,7 +237,7 @@ export async function startDevServer(options: DevServerOptions): Promise<DevServ
       process.removeListener('exit', killOnExit);
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
+        const timer = setTimeout(killGroup, STOP_TIMEOUT_MS);
         await exited;
         clearTimeout(timer);
       }
