@@ -109,6 +109,16 @@ async function main() {
     });
     await settle(exported);
     await save('volume-export', exported);
+
+    // An image that is not whole sectors: refused at the plan, and the plan's reservation given back.
+    const odd = path.join(cluster.dataDir, 'odd-disk.img');
+    fs.writeFileSync(odd, Buffer.alloc(1000));
+    const refused = await start('volumeImport', 'rec-volume-import-refused', {
+      instanceId: i2.instanceId,
+      path: odd,
+    });
+    await settle(refused);
+    await save('volume-import-refused', refused);
   } finally {
     await cluster.stop();
   }
