@@ -62,7 +62,8 @@ interface Chunk {
   /** Blocks that were Missing when claimed: the ones this chunk writes. */
   claimed: number[];
   release: () => void;
-  data: Promise<Buffer>;
+  /** The fetched blocks; none when the source copies them into the image itself (copyBlocksInto). */
+  data?: Promise<Buffer>;
   /** Set once the chunk enters the store window: bytes written. */
   stored?: Promise<number>;
 }
@@ -186,6 +187,8 @@ export class ReplicaVolume implements BlockDevice {
   private readonly copies = new Set<Promise<unknown>>();
   private closed = false;
   private finalized = false;
+  /** The source can copy into our image inside the kernel; cleared the first time that fails. */
+  private kernelCopy: boolean;
 
   private constructor(
     private readonly store: HostStore,
@@ -198,6 +201,7 @@ export class ReplicaVolume implements BlockDevice {
     this.sizeBytes = meta.sizeBytes;
     this.blockSize = meta.blockSize;
     this.blockCount = blockCountOf(meta);
+    this.kernelCopy = typeof source.copyBlocksInto === 'function';
   }
 
   /** Sparse image + all-Missing map + sidecar (last). Idempotent for the same meta. */
@@ -518,8 +522,8 @@ export class ReplicaVolume implements BlockDevice {
       this.lock.tryAcquire(first, last) ?? (mayWait ? await this.lock.acquire(first, last) : undefined);
     if (!release) return undefined;
     const claimed = this.blocksIn(first, last, BlockState.Missing);
-    const chunk: Chunk = { first, count, claimed, release, data: Promise.resolve(Buffer.alloc(0)) };
-    if (claimed.length === 0) return chunk;
+    const chunk: Chunk = { first, count, claimed, release };
+    if (claimed.length === 0 || this.kernelCopy) return chunk;
     chunk.data = this.fetch(first, count);
     chunk.data.catch(() => undefined); // awaited by storeChunk()
     return chunk;
@@ -543,11 +547,9 @@ export class ReplicaVolume implements BlockDevice {
         let end = r + 1;
         while (end < claimed.length && claimed[end] === claimed[end - 1] + 1) end++;
         const runFirst = claimed[r];
-        const runBytes = rangeBytes(this, runFirst, end - r);
         const at = (runFirst - first) * this.blockSize;
         written = true;
-        await writeFully(this.fh, data.subarray(at, at + runBytes), runFirst * this.blockSize);
-        bytes += runBytes;
+        bytes += await this.storeRun(runFirst, end - r, data?.subarray(at));
         r = end;
       }
       wrote();
@@ -558,13 +560,32 @@ export class ReplicaVolume implements BlockDevice {
         this.map.addCounters({ bytesCopied: bytes, bytesRecopied: recopied }),
       ]);
       chunk.release();
-      this.source.recycle?.(data);
+      if (data) this.source.recycle?.(data);
       return bytes;
     } catch (err) {
       wrote();
       await this.unclaim(chunk, written);
       throw err;
     }
+  }
+
+  /**
+   * Puts `count` blocks from `first` into the image: from `data` (fetched and hash-checked) when given,
+   * else by the source's in-kernel copy. If that copy fails, the copy fetches through user space from
+   * then on, so a kernel that cannot copy between these files costs speed, not the migration.
+   */
+  private async storeRun(first: number, count: number, data?: Buffer): Promise<number> {
+    const length = rangeBytes(this, first, count);
+    const position = first * this.blockSize;
+    if (!data && this.kernelCopy) {
+      try {
+        return await this.source.copyBlocksInto!(this.volumeId, first, count, { fd: this.fh.fd, position });
+      } catch {
+        this.kernelCopy = false;
+      }
+    }
+    await writeFully(this.fh, data ? data.subarray(0, length) : await this.fetch(first, count), position);
+    return length;
   }
 
   /** Gives a chunk back: its Copying blocks become Missing again (counted as re-copies if written). */

@@ -1,6 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { blockCountOf, invalidInput, invalidState } from '../contracts';
 import type { BlockDevice } from './block-device';
+import { kernelCopy } from './kernel-copy';
 
 /** Geometry shared by plain volumes, replicas and block sources: the last block may be partial. */
 export interface VolumeGeometry {
@@ -116,6 +117,15 @@ export class Volume implements BlockDevice {
     this.checkOpen();
     checkByteRange(this, 'write', offset, data.length);
     await writeFully(this.fh, data, offset);
+  }
+
+  /** Copies blocks [first, first + count) into another open file at `position`, inside the kernel. */
+  async copyBlocksTo(first: number, count: number, fd: number, position: number): Promise<number> {
+    this.checkOpen();
+    checkBlockRange(this, first, count);
+    const length = rangeBytes(this, first, count);
+    await kernelCopy(this.fh.fd, first * this.blockSize, fd, position, length);
+    return length;
   }
 
   async close(): Promise<void> {

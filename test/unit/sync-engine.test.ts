@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { ErrorType } from '../../src/contracts';
 import { localBlockSource, type BlockSource } from '../../src/fleet/block-source';
 import { HostStore, type VolumeMeta } from '../../src/fleet/host-store';
+import { kernelCopy } from '../../src/fleet/kernel-copy';
 import { patternBytes } from '../../src/fleet/pattern';
 import { ReplicaVolume } from '../../src/fleet/replica';
 import { BlockState, SyncMap } from '../../src/fleet/sync-map';
@@ -412,7 +413,8 @@ describe('post-sync engine (ReplicaVolume)', () => {
     };
     await src.createVolume(big, 'pattern');
     await ReplicaVolume.create(dst, big);
-    const r = await ReplicaVolume.open(dst, big.volumeId, local);
+    // Through user space, so the pooled read buffers are what carries the data.
+    const r = await ReplicaVolume.open(dst, big.volumeId, { ...local, copyBlocksInto: undefined });
     open.push(r);
     const writes = (async () => {
       for (let k = 0; k < 20; k++) await r.write(k * 450_000, Buffer.alloc(4096, k + 1));
@@ -424,6 +426,61 @@ describe('post-sync engine (ReplicaVolume)', () => {
     for (let k = 0; k < 20; k++) Buffer.alloc(4096, k + 1).copy(expected, k * 450_000);
     expect(readFileSync(dst.imagePath(big.volumeId)).equals(expected)).toBe(true);
     expect((await r.verify()).mismatchedBlocks).toEqual([]);
+  });
+
+  it("the background copy uses the source's in-kernel copy: no block is read into user space", async () => {
+    expect(typeof local.copyBlocksInto).toBe('function'); // Linux: copy_file_range through koffi
+    const kernelRuns: [number, number][] = [];
+    const source: TestSource = {
+      ...wrap(local),
+      copyBlocksInto: (volumeId, first, count, into) => {
+        kernelRuns.push([first, count]);
+        return local.copyBlocksInto!(volumeId, first, count, into);
+      },
+    };
+    const r = await replica(source);
+    await r.write(5 * BS + 100, Buffer.alloc(300, 0xab)); // partial write: its block is fetched
+    const p = await r.copy({ chunkBlocks: 8 });
+    expect(p.done).toBe(true);
+    expect(source.calls).toEqual([[5, 1]]);
+    expect(kernelRuns.reduce((n, [, c]) => n + c, 0)).toBe(BLOCKS - 1);
+    const expected = Buffer.from(original);
+    Buffer.alloc(300, 0xab).copy(expected, 5 * BS + 100);
+    expect(targetImage().equals(expected)).toBe(true);
+    expect(r.counters().bytesCopied).toBe(SIZE - BS);
+    const report = await r.verify();
+    expect(report.mismatchedBlocks).toEqual([]);
+    expect(report.blocksVerified).toBe(BLOCKS - 1);
+  });
+
+  it('an in-kernel copy that fails falls back to fetching, hash-checked, for the rest of the copy', async () => {
+    let attempts = 0;
+    const source: TestSource = {
+      ...wrap(local),
+      copyBlocksInto: () => {
+        attempts++;
+        return Promise.reject(new Error('EXDEV'));
+      },
+    };
+    const r = await replica(source);
+    const p = await r.copy({ chunkBlocks: 8 });
+    expect(p.done).toBe(true);
+    expect(attempts).toBe(1);
+    expect(source.calls.reduce((n, [, c]) => n + c, 0)).toBe(BLOCKS);
+    expect(targetImage().equals(original)).toBe(true);
+  });
+
+  it("kernelCopy copies a byte range between files and refuses to run past the source's end", async () => {
+    const from = openSync(src.imagePath(VOL), 'r');
+    const to = openSync(path.join(dir, 'copy.img'), 'w+');
+    try {
+      await kernelCopy(from, 1000, to, 10, 5000);
+      expect(readFileSync(path.join(dir, 'copy.img')).subarray(10)).toEqual(original.subarray(1000, 6000));
+      await expect(kernelCopy(from, SIZE - 10, to, 0, 20)).rejects.toThrow(/source ended after 10 of 20/);
+    } finally {
+      closeSync(from);
+      closeSync(to);
+    }
   });
 
   it('the source hashes blocks one by one, the last one partial', async () => {
