@@ -8,6 +8,7 @@ import type { BlockDevice } from './block-device';
 import type { BlockSource } from './block-source';
 import { HostStore, type VolumeMeta } from './host-store';
 import { ReplicaVolume } from './replica';
+import { VolumeCapture, capturesDir, removeStaleSpills, type VolumeCaptureOptions } from './volume-capture';
 import { Workload, type PauseResult } from './workload';
 import { lastLoggedSeq, nowMs } from './workload-log';
 
@@ -102,6 +103,8 @@ export class HostAgent {
   private readonly workloads = new Map<string, Workload>();
   private readonly devices = new Map<string, Promise<BlockDevice>>();
   private readonly sources = new Map<string, BlockSource>();
+  /** The open point-in-time capture of a volume, if any: its device wraps the volume's. */
+  private readonly captures = new Map<string, VolumeCapture>();
   /** Per-migration copy limit read by a running copy on every chunk. */
   private readonly bandwidth = new Map<string, number>();
   private readonly lock = new KeyedLock();
@@ -126,6 +129,7 @@ export class HostAgent {
     if (this.started) return;
     this.started = true;
     await removeTemps(this.instancesDir, (name) => name.endsWith('.json'));
+    await removeStaleSpills(capturesDir(this.store.root));
     for (const record of this.loadRecords()) {
       this.records.set(record.instanceId, record);
       if (record.migration?.bandwidthBytesPerSec !== undefined) {
@@ -225,6 +229,14 @@ export class HostAgent {
    */
   device(volumeId: string): Promise<BlockDevice> {
     assertId('volumeId', volumeId);
+    // While a capture is open, writes go through it, so it keeps what they overwrite.
+    const capture = this.captures.get(volumeId);
+    if (capture) return Promise.resolve(capture.device);
+    return this.openedDevice(volumeId);
+  }
+
+  /** The device itself, never a capture's wrapper. */
+  private openedDevice(volumeId: string): Promise<BlockDevice> {
     let device = this.devices.get(volumeId);
     if (!device) {
       device = this.openDevice(volumeId);
@@ -238,7 +250,7 @@ export class HostAgent {
 
   /** The replica device of a volume being synchronised here. */
   async replica(volumeId: string): Promise<ReplicaVolume> {
-    const device = await this.device(volumeId);
+    const device = await this.openedDevice(assertId('volumeId', volumeId));
     if (!(device instanceof ReplicaVolume)) {
       throw invalidState(`volume ${volumeId} on host ${this.hostId} is not a replica being synchronised`);
     }
@@ -268,6 +280,7 @@ export class HostAgent {
   }
 
   private async closeDevice(volumeId: string): Promise<void> {
+    await this.closeCapture(volumeId);
     const device = this.devices.get(volumeId);
     if (device) {
       this.devices.delete(volumeId);
@@ -632,6 +645,86 @@ export class HostAgent {
   /** A slice's first attempt carries the workflow's current limit; a retry keeps the latest one set. */
   initSyncBandwidth(migrationId: string, bytesPerSec: number, firstAttempt: boolean): void {
     if (firstAttempt || !this.bandwidth.has(migrationId)) this.setSyncBandwidth(migrationId, bytesPerSec);
+  }
+
+  // ---- captures --------------------------------------------------------------------------------
+
+  /**
+   * Opens a point-in-time capture of a volume of an instance here (see volume-capture.ts): the
+   * workload pauses if it runs, the capture begins, the workload resumes. Nothing in that pause
+   * depends on the volume's size. Reopening the same captureId replaces the open capture (a retry
+   * gets a new instant); a capture with another id is refused until that one is closed.
+   */
+  async openCapture(
+    instanceId: string,
+    volumeId: string,
+    captureId: string,
+    options?: VolumeCaptureOptions,
+  ): Promise<VolumeCapture> {
+    assertId('volumeId', volumeId);
+    assertId('captureId', captureId);
+    return this.lock.run(assertId('instanceId', instanceId), async () => {
+      const record = this.require(instanceId);
+      if (!record.volumes.some((v) => v.volumeId === volumeId)) {
+        throw notFound(`volume ${volumeId} is not a volume of instance ${instanceId} on host ${this.hostId}`);
+      }
+      if (record.state !== 'running' && record.state !== 'paused') {
+        throw invalidState(
+          `instance ${instanceId} on host ${this.hostId} is ${record.state}: capture its volumes where it runs`,
+        );
+      }
+      const open = this.captures.get(volumeId);
+      if (open && open.captureId !== captureId) {
+        throw invalidState(
+          `volume ${volumeId} on host ${this.hostId} already has capture ${open.captureId} open: close it before opening ${captureId}`,
+        );
+      }
+      await this.closeCapture(volumeId);
+      const spillDir = capturesDir(this.store.root);
+      await removeStaleSpills(spillDir, { volumeId, captureId });
+      const device = await this.openedDevice(volumeId);
+      const capture: VolumeCapture = new VolumeCapture({
+        captureId,
+        hostId: this.hostId,
+        device,
+        spillDir,
+        options,
+        onClose: () => {
+          if (this.captures.get(volumeId) === capture) this.captures.delete(volumeId);
+        },
+      });
+
+      const workload = this.workloads.get(instanceId);
+      const running = workload?.state === 'running';
+      const startedAt = nowMs();
+      const pause = workload
+        ? await workload.pause()
+        : {
+            lastSeq: record.state === 'paused' ? record.lastSeq : this.nextSeq(record) - 1,
+            pausedAtMs: startedAt,
+          };
+      this.captures.set(volumeId, capture);
+      capture.begin(pause.lastSeq, pause.pausedAtMs);
+      if (workload && running) {
+        try {
+          await workload.resume(pause.lastSeq + 1);
+        } catch (err) {
+          // The instance must run on: without the capture, and the caller learns it has none.
+          await this.closeCapture(volumeId);
+          await workload.resume(pause.lastSeq + 1).catch((again) => this.onWorkloadError(instanceId, again));
+          throw err;
+        }
+      }
+      capture.recordPause(nowMs() - startedAt);
+      return capture;
+    });
+  }
+
+  /** Closes the open capture of a volume (only if it is `captureId`, when given). Idempotent. */
+  async closeCapture(volumeId: string, captureId?: string): Promise<void> {
+    const capture = this.captures.get(assertId('volumeId', volumeId));
+    if (!capture || (captureId !== undefined && capture.captureId !== captureId)) return;
+    await capture.close();
   }
 
   // ---- import ----------------------------------------------------------------------------------
