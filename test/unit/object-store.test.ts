@@ -1,0 +1,73 @@
+import { mkdtempSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ErrorType } from '../../src/contracts';
+import { assertObjectKey, FileObjectStore, objectStoreRoot } from '../../src/fleet/object-store';
+import { expectFailure } from '../helpers/failures';
+
+describe('FileObjectStore', () => {
+  let dir: string;
+  let objects: FileObjectStore;
+
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'rehome-objects-'));
+    objects = new FileObjectStore(objectStoreRoot(dir));
+  });
+
+  afterEach(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('puts, gets, ranges, lists and deletes objects under <dataDir>/object-store', async () => {
+    await objects.put('acct-1/a/b.bin', Buffer.from('hello world'));
+    await objects.put('acct-1/a/c.bin', [Buffer.from('con'), Buffer.from('cat')]);
+    await objects.put('acct-2/x', Buffer.alloc(0));
+    expect(existsSync(path.join(dir, 'object-store', 'acct-1', 'a', 'b.bin'))).toBe(true);
+
+    expect((await objects.get('acct-1/a/b.bin'))?.toString()).toBe('hello world');
+    expect((await objects.get('acct-1/a/c.bin'))?.toString()).toBe('concat');
+    expect(await objects.get('acct-1/missing')).toBeUndefined();
+    expect((await objects.getRange('acct-1/a/b.bin', 6, 5))?.toString()).toBe('world');
+    expect((await objects.getRange('acct-1/a/b.bin', 6, 100))?.toString()).toBe('world');
+    expect(await objects.getRange('acct-1/nope', 0, 1)).toBeUndefined();
+    expect(await objects.has('acct-2/x')).toBe(true);
+    expect(await objects.has('acct-2')).toBe(false); // a folder is not an object
+
+    expect(await objects.list('acct-1/')).toEqual(['acct-1/a/b.bin', 'acct-1/a/c.bin']);
+    expect(await objects.list('acct-1/a/b')).toEqual(['acct-1/a/b.bin']);
+    expect(await objects.list('')).toEqual(['acct-1/a/b.bin', 'acct-1/a/c.bin', 'acct-2/x']);
+    expect(await objects.list('acct-3/')).toEqual([]);
+
+    await objects.put('acct-1/a/b.bin', Buffer.from('replaced'));
+    expect((await objects.get('acct-1/a/b.bin'))?.toString()).toBe('replaced');
+
+    await objects.delete('acct-1/a/b.bin');
+    await objects.delete('acct-1/a/b.bin'); // idempotent
+    await objects.delete('acct-1/a/c.bin');
+    expect(await objects.list('acct-1/')).toEqual([]);
+    // Emptied folders go too, so a deleted account leaves nothing behind.
+    expect(readdirSync(path.join(dir, 'object-store'))).toEqual(['acct-2']);
+    await objects.put('acct-1/a/again', Buffer.from('1'));
+    expect(await objects.list('acct-1/')).toEqual(['acct-1/a/again']);
+  });
+
+  it('refuses keys that could escape the root or are not plain segments', async () => {
+    for (const bad of ['', '/abs', 'a/../b', '..', 'a//b', 'a/', 'A/b', 'a b', 'a/./b', 'a/b.tmp-12-ab']) {
+      await expectFailure(objects.put(bad, Buffer.from('x')), ErrorType.InvalidInput, /object key/);
+    }
+    await expectFailure(objects.list('../'), ErrorType.InvalidInput);
+    expect(assertObjectKey('acct-1/packs/ab/ab12.pack')).toBe('acct-1/packs/ab/ab12.pack');
+    expect(existsSync(path.join(dir, 'object-store'))).toBe(false);
+  });
+
+  it('hides temp files of interrupted puts and removes those whose writer is gone', async () => {
+    await objects.put('acct-1/k', Buffer.from('v'));
+    const folder = path.join(dir, 'object-store', 'acct-1');
+    // A writer killed mid-put (pid 2^22+1 cannot exist) and one still at work (this process).
+    writeFileSync(path.join(folder, 'k2.tmp-4194305-abcd'), Buffer.alloc(100));
+    writeFileSync(path.join(folder, `k3.tmp-${process.pid}-abcd`), Buffer.alloc(10));
+    expect(await objects.list('acct-1/')).toEqual(['acct-1/k']);
+    expect(await objects.removeStaleTemps('acct-1/')).toBe(100);
+    expect(readdirSync(folder).sort()).toEqual(['k', `k3.tmp-${process.pid}-abcd`]);
+  });
+});
