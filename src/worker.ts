@@ -13,6 +13,8 @@ import { createHostActivities } from './activities/host-activities';
 import { assertId, CONTROL_TASK_QUEUE, hostTaskQueue } from './contracts';
 import { FleetRuntime } from './fleet/fleet-runtime';
 import { openInventory, type Inventory } from './fleet/inventory';
+import { FileObjectStore, objectStoreRoot } from './fleet/object-store';
+import { SnapshotStore } from './fleet/snapshot-store';
 import { connectNative, dataDir as resolveDataDir, resolveTemporal } from './temporal/connection';
 
 export interface StartWorkersOptions {
@@ -34,9 +36,11 @@ export interface RunningWorkers {
   /** The host agents this process runs (tests reach into them, e.g. to pause a workload). */
   fleet: FleetRuntime;
   inventory: Inventory;
+  /** The snapshot store (`<dataDir>/object-store`) every worker of this process shares. */
+  snapshots: SnapshotStore;
   /** Host ids served right now. */
   hosts(): string[];
-  /** Stops every worker, then closes the host runtime and the inventory. Safe to call twice. */
+  /** Stops every worker, then closes the host runtime, the snapshot store and the inventory. Safe to call twice. */
   shutdown(): Promise<void>;
 }
 
@@ -95,6 +99,8 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
     options.onError ?? ((err, queue) => console.error(`rehome: worker for ${queue} stopped: ${err.message}`));
   const inventory = openInventory(dataDir);
   const fleet = new FleetRuntime({ dataDir });
+  // One per process: its hashing workers and chunk index serve every host and the control plane.
+  const snapshots = new SnapshotStore(new FileObjectStore(objectStoreRoot(dataDir)));
   const served = new Map<string, Served>();
   let closing = false;
 
@@ -111,7 +117,7 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
       connection,
       namespace,
       taskQueue: hostTaskQueue(hostId),
-      activities: createHostActivities(agent),
+      activities: createHostActivities(agent, snapshots),
     });
     served.set(hostTaskQueue(hostId), run(hostTaskQueue(hostId), worker));
   };
@@ -136,7 +142,7 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
         namespace,
         taskQueue: CONTROL_TASK_QUEUE,
         workflowBundle: options.workflowBundle ?? (await workflowBundle()),
-        activities: createControlActivities(inventory),
+        activities: createControlActivities(inventory, snapshots),
       });
       served.set(CONTROL_TASK_QUEUE, run(CONTROL_TASK_QUEUE, worker));
     }
@@ -180,6 +186,7 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
     }
     await Promise.all([...served.values()].map((s) => s.running));
     await fleet.close();
+    await snapshots.close();
     inventory.close();
   }
 
@@ -187,6 +194,7 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
   return {
     fleet,
     inventory,
+    snapshots,
     hosts: servedHosts,
     shutdown() {
       closing = true;

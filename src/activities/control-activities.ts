@@ -24,13 +24,35 @@ import {
   type VolumePlan,
   ErrorType,
   type VolumeRecord,
+  forbidden,
+  type DeleteSnapshotInput,
+  type PreMigrationSnapshotInput,
+  type RestoreInstanceInput,
+  type RestorePlan,
+  type SnapshotDeleteResult,
+  type SnapshotInfo,
+  type SnapshotPlan,
+  type SnapshotRetainResult,
 } from '../contracts';
 import type { Inventory } from '../fleet/inventory';
+import type { SnapshotStore } from '../fleet/snapshot-store';
 import { isNoEnt } from '../fleet/atomic-file';
-import { formatExactBytes, ZERO_RESOURCES } from '../planning/placement';
+import { formatExactBytes, pickHost, ZERO_RESOURCES } from '../planning/placement';
 
-/** Control-plane activities: inventory and placement. They never touch a host's data. */
-export function createControlActivities(inventory: Inventory) {
+/**
+ * Control-plane activities: inventory, placement and the snapshot store's catalogue. They never
+ * touch a host's data.
+ */
+export function createControlActivities(inventory: Inventory, snapshots: SnapshotStore) {
+  /** The instance, if `account` (when given) owns it; another account learns nothing more. */
+  function ownedInstance(instanceId: string, account: string | undefined): InstanceRecord {
+    const instance = inventory.requireInstance(instanceId);
+    if (account !== undefined && instance.account !== assertId('account', account)) {
+      throw forbidden(`instance ${instanceId} does not belong to account ${account}: use the owning account`);
+    }
+    return instance;
+  }
+
   function requireRunning(instance: InstanceRecord, action: string): void {
     if (instance.state !== 'running') {
       throw invalidState(
@@ -152,6 +174,117 @@ export function createControlActivities(inventory: Inventory) {
     async describeVolume(input: { volumeId: string }): Promise<VolumeRecord> {
       const volumeId = assertId('volumeId', input?.volumeId);
       return inventory.requireVolume(volumeId);
+    },
+
+    /** What a pre-migration snapshot covers: the instance's instance-store volumes, on its host. */
+    async planSnapshot(
+      input: Pick<PreMigrationSnapshotInput, 'instanceId' | 'account'>,
+    ): Promise<SnapshotPlan> {
+      const instanceId = assertId('instanceId', input?.instanceId);
+      const instance = ownedInstance(instanceId, input.account);
+      requireRunning(instance, 'be snapshotted (its host captures the volumes while it runs)');
+      const volumes = inventory
+        .listVolumes({ instanceId })
+        .filter((v) => v.kind === 'instance-store')
+        .map(({ volumeId, sizeBytes, blockSize, kind }) => ({ volumeId, sizeBytes, blockSize, kind }));
+      return { instanceId, account: instance.account, hostId: instance.hostId, volumes };
+    },
+
+    /** Keeps the newest `keepLast` snapshots of the volume, deletes older ones and their chunks. */
+    async retainSnapshots(input: {
+      account: string;
+      volumeId: string;
+      keepLast: number;
+    }): Promise<SnapshotRetainResult> {
+      return snapshots.retain(input?.account, input.volumeId, input.keepLast);
+    },
+
+    /** Deletes a snapshot (owner only) and the chunks no other snapshot uses; a retry is a no-op. */
+    async deleteSnapshot(input: DeleteSnapshotInput): Promise<SnapshotDeleteResult> {
+      return snapshots.delete(input?.account, input.snapshotId);
+    },
+
+    async describeSnapshot(input: DeleteSnapshotInput): Promise<SnapshotInfo> {
+      return snapshots.info(input?.account, input.snapshotId);
+    },
+
+    /**
+     * Checks a restore and places it. Snapshots not given for some volume of the instance are taken
+     * from the same event as the given ones, so one id restores a whole instance snapshotted together.
+     */
+    async planRestore(input: RestoreInstanceInput): Promise<RestorePlan> {
+      const account = assertId('account', input?.account);
+      if (!Array.isArray(input.snapshotIds) || input.snapshotIds.length === 0) {
+        throw invalidInput('snapshotIds must list at least one snapshot id to restore from');
+      }
+      const given: SnapshotInfo[] = [];
+      for (const [n, id] of input.snapshotIds.entries()) {
+        given.push(await snapshots.info(account, assertId(`snapshotIds[${n}]`, id)));
+      }
+      const instanceId = given[0].instanceId;
+      const other = given.find((s) => s.instanceId !== instanceId);
+      if (other) {
+        throw invalidInput(
+          `snapshot ${other.snapshotId} is of instance ${other.instanceId}, not ${instanceId}: restore one instance at a time`,
+        );
+      }
+      const instance = ownedInstance(instanceId, account);
+      const avoid = (input.avoidHostIds ?? []).map((id, n) => assertId(`avoidHostIds[${n}]`, id));
+      let hostId: string;
+      if (input.targetHostId !== undefined && input.targetHostId !== null) {
+        hostId = assertId('targetHostId', input.targetHostId);
+        inventory.requireHost(hostId);
+        if (hostId === instance.hostId) {
+          throw invalidInput(
+            `instance ${instanceId} is on ${hostId} already: a restore starts it on another host, so choose another --host`,
+          );
+        }
+      } else {
+        const picked = pickHost(inventory.hostLoads(), instance.shape, [instance.hostId, ...avoid]);
+        if (!picked) {
+          throw noCapacity(
+            `no host other than ${[instance.hostId, ...avoid].join(', ')} has room for instance ${instanceId}: add capacity or name a host with --host`,
+          );
+        }
+        hostId = picked;
+      }
+      const volumes: RestorePlan['volumes'] = [];
+      for (const volume of inventory.listVolumes({ instanceId })) {
+        let snapshot = given.find((s) => s.volumeId === volume.volumeId);
+        if (!snapshot) {
+          const events = new Set(given.map((s) => s.sourceEvent));
+          snapshot = (await snapshots.list({ account, volumeId: volume.volumeId })).find((s) =>
+            events.has(s.sourceEvent),
+          );
+        }
+        if (!snapshot) {
+          throw invalidInput(
+            `volume ${volume.volumeId} of instance ${instanceId} has no snapshot among ${input.snapshotIds.join(', ')} nor from the same event: name one for it too`,
+          );
+        }
+        if (snapshot.sizeBytes !== volume.sizeBytes || snapshot.blockSize !== volume.blockSize) {
+          throw invalidState(
+            `snapshot ${snapshot.snapshotId} holds ${snapshot.sizeBytes} bytes in ${snapshot.blockSize}-byte blocks, volume ${volume.volumeId} is ${volume.sizeBytes} in ${volume.blockSize}: it is not a snapshot of this volume as it is now`,
+          );
+        }
+        const { volumeId, sizeBytes, blockSize, userData } = volume;
+        volumes.push({ volumeId, sizeBytes, blockSize, userData, snapshotId: snapshot.snapshotId });
+      }
+      const stray = given.find((s) => !volumes.some((v) => v.snapshotId === s.snapshotId));
+      if (stray) {
+        throw invalidInput(
+          `snapshot ${stray.snapshotId} is of volume ${stray.volumeId}, which instance ${instanceId} no longer has (or another snapshot was given for it)`,
+        );
+      }
+      return {
+        instanceId,
+        account,
+        fromHostId: instance.hostId,
+        hostId,
+        resources: instance.shape,
+        workload: instance.workload,
+        volumes,
+      };
     },
   };
 }

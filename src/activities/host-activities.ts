@@ -6,6 +6,11 @@ import type {
   LaunchResult,
   MigrationRef,
   PrepareTargetInput,
+  RestoreVolumeInput,
+  SnapshotInfo,
+  SnapshotUploadMeta,
+  SnapshotVolumeInput,
+  StartRestoredInput,
   SwitchInput,
   SwitchResult,
   SyncSliceInput,
@@ -15,6 +20,7 @@ import type {
   VolumeExportInput,
   VolumeExportResult,
   VolumeImportResult,
+  VolumeSnapshot,
 } from '../contracts';
 import {
   assertAbsolutePath,
@@ -22,11 +28,16 @@ import {
   assertId,
   assertWorkloadConfig,
   blockCountOf,
+  ErrorType,
+  forbidden,
   invalidInput,
   invalidState,
+  notFound,
 } from '../contracts';
 import type { HostAgent } from '../fleet/host-agent';
 import { checkVolumeMeta } from '../fleet/host-store';
+import type { ReadAt, SnapshotStore, SnapshotWriter } from '../fleet/snapshot-store';
+import type { VolumeCapture } from '../fleet/volume-capture';
 
 const HEARTBEAT_EVERY_MS = 1000;
 
@@ -35,16 +46,63 @@ function context(): Context | undefined {
   return asyncLocalStorage.getStore();
 }
 
-/** Heartbeats on a timer while `work` runs, for steps with no progress callback of their own. */
-async function withHeartbeat<T>(work: () => Promise<T>): Promise<T> {
+/**
+ * Heartbeats on a timer while `work` runs, for steps with no progress callback of their own. With
+ * `details`, each beat carries the latest of them, so the timer never overwrites a resume cursor.
+ */
+async function withHeartbeat<T>(work: () => Promise<T>, details?: () => unknown): Promise<T> {
   const ctx = context();
   if (!ctx) return work();
-  const timer = setInterval(() => ctx.heartbeat(), HEARTBEAT_EVERY_MS);
+  const timer = setInterval(() => ctx.heartbeat(details?.()), HEARTBEAT_EVERY_MS);
   try {
     return await work();
   } finally {
     clearInterval(timer);
   }
+}
+
+/** A cancelled activity stops at its next step and reports the cancellation the way Temporal expects. */
+async function checkCancelled(): Promise<void> {
+  const ctx = context();
+  if (ctx?.cancellationSignal.aborted) await ctx.cancelled;
+}
+
+const MIN_CHUNK_BYTES = 4096;
+/** Restores read (and heartbeat) in batches of this much. */
+const RESTORE_BATCH_BYTES = 8 * 1024 * 1024;
+
+/** The snapshot's dedupe unit: the block, or whole blocks adding up to the store's smallest chunk. */
+function chunkSizeFor(blockSize: number): number {
+  return blockSize >= MIN_CHUNK_BYTES ? blockSize : blockSize * Math.ceil(MIN_CHUNK_BYTES / blockSize);
+}
+
+/** What the capture of a snapshot measured, kept beside it so a retry after the commit returns it. */
+interface CaptureFacts {
+  snapshotId: string;
+  atSeq: number;
+  pausedMs: number;
+}
+
+const captureFactsKey = (account: string, snapshotId: string) =>
+  `${account}/snapshots/${snapshotId}.capture.json`;
+
+/**
+ * Volume bytes as of the capture's instant, for SnapshotWriter.uploadFrom: it asks for whole chunks
+ * (whole blocks) in increasing order, each range once, which is what a capture hands out.
+ */
+function captureReader(capture: VolumeCapture): ReadAt {
+  return async (position, target) => {
+    await checkCancelled();
+    if (position % capture.blockSize !== 0 || position >= capture.sizeBytes) {
+      throw new Error(
+        `snapshot read at byte ${position} of volume ${capture.volumeId} is not at a block boundary inside the volume`,
+      );
+    }
+    const first = position / capture.blockSize;
+    const count = Math.min(Math.ceil(target.length / capture.blockSize), capture.blockCount - first);
+    const data = await capture.readBlocks(first, count);
+    return data.copy(target, 0, 0, Math.min(data.length, target.length));
+  };
 }
 
 /** Everything about a launch that can be wrong, checked before anything touches the disk. */
@@ -66,8 +124,228 @@ function checkLaunch(launch: InstanceLaunch): void {
  * Activities served by one host's agent on that host's task queue. Each is idempotent: a retry
  * after a crash finds the work done (or half done, and resumes it) and never applies it twice.
  */
-export function createHostActivities(agent: HostAgent) {
+export function createHostActivities(agent: HostAgent, snapshots: SnapshotStore) {
+  /** The committed snapshot with its capture's figures, or undefined if it is not committed yet. */
+  async function committedSnapshot(input: SnapshotVolumeInput): Promise<VolumeSnapshot | undefined> {
+    let info: SnapshotInfo;
+    try {
+      info = await snapshots.info(input.account, input.snapshotId);
+    } catch (err) {
+      if ((err as { type?: string }).type === ErrorType.NotFound) return undefined;
+      throw err;
+    }
+    if (info.instanceId !== input.instanceId || info.volumeId !== input.volumeId) {
+      throw invalidInput(
+        `snapshot ${info.snapshotId} already exists, of volume ${info.volumeId} of instance ${info.instanceId}: use another snapshot id`,
+      );
+    }
+    return withCaptureFacts(info);
+  }
+
+  async function withCaptureFacts(info: SnapshotInfo): Promise<VolumeSnapshot> {
+    const raw = await snapshots.objects.get(captureFactsKey(info.account, info.snapshotId));
+    if (!raw) {
+      throw invalidState(
+        `snapshot ${info.snapshotId} exists but was not taken by a host snapshot (its point in time is unknown): use another snapshot id`,
+      );
+    }
+    const facts = JSON.parse(raw.toString('utf8')) as CaptureFacts;
+    return { ...info, atSeq: facts.atSeq, pausedMs: facts.pausedMs };
+  }
+
+  /** Uploads every chunk as of the capture's instant, then keeps its figures and commits. */
+  async function uploadCapture(writer: SnapshotWriter, capture: VolumeCapture): Promise<VolumeSnapshot> {
+    const ctx = context();
+    let progress = { bytesUploaded: 0, nextChunk: 0, chunkCount: writer.chunkCount };
+    await withHeartbeat(
+      () =>
+        writer.uploadFrom(captureReader(capture), {
+          fromChunk: 0,
+          onProgress: (p) => {
+            progress = p;
+            ctx?.heartbeat(progress);
+          },
+        }),
+      () => progress,
+    );
+    const { account, snapshotId } = writer.meta;
+    // Before the commit: once the snapshot exists, so do the figures a retry returns.
+    const facts: CaptureFacts = { snapshotId, atSeq: capture.atSeq, pausedMs: capture.pausedMs };
+    await snapshots.objects.put(captureFactsKey(account, snapshotId), Buffer.from(JSON.stringify(facts)));
+    const info = await writer.commit();
+    return { ...info, atSeq: facts.atSeq, pausedMs: facts.pausedMs };
+  }
+
   return {
+    /**
+     * Snapshots one volume of an instance running here, as of one instant (a short pause that does
+     * not grow with the volume), into the account's snapshot store. A retry after the commit
+     * returns the committed snapshot; before it, a retry takes a new instant and uploads every
+     * chunk again (chunks stored by the earlier attempt cost only their hashing).
+     */
+    async snapshotVolume(input: SnapshotVolumeInput): Promise<VolumeSnapshot> {
+      const snapshotId = assertId('snapshotId', input?.snapshotId);
+      const account = assertId('account', input.account);
+      const instanceId = assertId('instanceId', input.instanceId);
+      const volumeId = assertId('volumeId', input.volumeId);
+      const committed = await committedSnapshot(input);
+      if (committed) return committed;
+
+      const record = agent.instance(instanceId);
+      if (!record) {
+        throw notFound(
+          `instance ${instanceId} is not on host ${agent.hostId}: snapshot it on the host that runs it`,
+        );
+      }
+      if (record.account !== account) {
+        throw forbidden(
+          `instance ${instanceId} does not belong to account ${account}: use the owning account`,
+        );
+      }
+      const volume = record.volumes.find((v) => v.volumeId === volumeId);
+      if (!volume) {
+        throw notFound(
+          `volume ${volumeId} is not a volume of instance ${instanceId} on host ${agent.hostId}`,
+        );
+      }
+      const meta: SnapshotUploadMeta = {
+        snapshotId,
+        account,
+        instanceId,
+        volumeId,
+        sizeBytes: volume.sizeBytes,
+        blockSize: volume.blockSize,
+        chunkSize: chunkSizeFor(volume.blockSize),
+        sourceEvent: input.event,
+        createdAt: input.createdAt,
+      };
+      // Validates the event and time before the instance pauses for anything.
+      let writer = await snapshots.openUpload(meta);
+      if (writer.done) return withCaptureFacts(await writer.commit());
+      // What an earlier attempt stored is of an earlier instant: this attempt's manifest must not
+      // name any of it, so its journal goes (its chunks stay in the store for dedupe).
+      await writer.abort();
+      writer = await snapshots.openUpload(meta);
+
+      let capture: VolumeCapture | undefined;
+      try {
+        capture = await withHeartbeat(() => agent.openCapture(instanceId, volumeId, snapshotId));
+        return await uploadCapture(writer, capture);
+      } catch (err) {
+        // Frees the upload's lock now rather than when it goes stale; a retry starts over anyway.
+        await writer.abort().catch(() => undefined);
+        throw err;
+      } finally {
+        if (capture) await agent.closeCapture(volumeId, snapshotId);
+      }
+    },
+
+    /**
+     * Writes one volume of an instance from its snapshot on this host (the restore's target),
+     * every chunk verified by hash; heartbeats a chunk cursor and resumes from it. The volume is
+     * published only once complete.
+     */
+    async restoreVolume(input: RestoreVolumeInput): Promise<{ volumeId: string; bytesRestored: number }> {
+      const restoreId = assertId('restoreId', input?.restoreId);
+      const account = assertId('account', input.account);
+      const snapshotId = assertId('snapshotId', input.snapshotId);
+      const instanceId = assertId('instanceId', input.instanceId);
+      const volumeId = assertId('volumeId', input.volumeId);
+      // Refuses another account's snapshot (Forbidden) before anything is written.
+      const manifest = await snapshots.get(account, snapshotId);
+      if (manifest.instanceId !== instanceId || manifest.volumeId !== volumeId) {
+        throw invalidInput(
+          `snapshot ${snapshotId} is of volume ${manifest.volumeId} of instance ${manifest.instanceId}, not of ${volumeId} of ${instanceId}`,
+        );
+      }
+      const ctx = context();
+      const details = ctx?.info.heartbeatDetails as { snapshotId?: unknown; cursor?: unknown } | undefined;
+      const fromChunk =
+        details?.snapshotId === snapshotId && typeof details.cursor === 'number' ? details.cursor : 0;
+      let cursor = fromChunk;
+      const batchChunks = Math.max(1, Math.floor(RESTORE_BATCH_BYTES / manifest.chunkSize));
+      await withHeartbeat(
+        () =>
+          agent.restoreVolume(
+            restoreId,
+            {
+              volumeId,
+              instanceId,
+              sizeBytes: manifest.sizeBytes,
+              blockSize: manifest.blockSize,
+              // Not known from the snapshot: startRestored sets it from the plan.
+              userData: false,
+            },
+            {
+              chunkSize: manifest.chunkSize,
+              chunkCount: manifest.chunkCount,
+              read: (from) => snapshots.readAll(account, snapshotId, { fromChunk: from, batchChunks }),
+            },
+            {
+              fromChunk,
+              onProgress: async (nextChunk) => {
+                cursor = nextChunk;
+                ctx?.heartbeat({ snapshotId, cursor });
+                await checkCancelled();
+              },
+            },
+          ),
+        () => ({ snapshotId, cursor }),
+      );
+      return { volumeId, bytesRestored: manifest.sizeBytes };
+    },
+
+    /** Runs a restored instance here (its volumes restored already), its workload seq continuing. */
+    async startRestored(input: StartRestoredInput): Promise<{ resumedAtSeq: number }> {
+      const restoreId = assertId('restoreId', input?.restoreId);
+      const instanceId = assertId('instanceId', input.instanceId);
+      if (!Array.isArray(input.volumes) || input.volumes.length === 0) {
+        throw invalidInput(`restore ${restoreId} of ${instanceId}: volumes must list the restored volumes`);
+      }
+      const launch: InstanceLaunch = {
+        instanceId,
+        account: input.account,
+        volumes: input.volumes.map(({ volumeId, sizeBytes, blockSize, userData }) => ({
+          volumeId,
+          sizeBytes,
+          blockSize,
+          userData,
+        })),
+        workload: input.workload,
+      };
+      checkLaunch(launch);
+      const resumedAtSeq = await withHeartbeat(() => agent.adoptRestored(restoreId, launch));
+      return { resumedAtSeq };
+    },
+
+    /** Rolls back a restore on its target before the instance started there. Idempotent. */
+    async discardRestored(input: {
+      restoreId: string;
+      instanceId: string;
+      volumeIds: string[];
+    }): Promise<void> {
+      const restoreId = assertId('restoreId', input?.restoreId);
+      const instanceId = assertId('instanceId', input.instanceId);
+      if (!Array.isArray(input.volumeIds)) throw invalidInput('volumeIds must be a list of volume ids');
+      const volumeIds = input.volumeIds.map((v, n) => assertId(`volumeIds[${n}]`, v));
+      await withHeartbeat(() => agent.discardRestored(restoreId, instanceId, volumeIds));
+    },
+
+    /**
+     * On the host an instance was restored away from: stops it and deletes it and its volumes, in
+     * whatever state it is, so two copies never run. Absent already: nothing to do.
+     */
+    async dropInstance(input: { instanceId: string; reason: string }): Promise<void> {
+      const instanceId = assertId('instanceId', input?.instanceId);
+      if (typeof input.reason !== 'string' || input.reason.length === 0 || input.reason.length > 200) {
+        throw invalidInput(
+          `dropping ${instanceId}: give a reason of 1 to 200 characters (e.g. "restored on h-3")`,
+        );
+      }
+      const dropped = await withHeartbeat(() => agent.dropInstance(instanceId));
+      if (dropped) context()?.log.info(`dropped ${instanceId} from ${agent.hostId}: ${input.reason}`);
+    },
+
     /** Create the instance's volumes (if missing) and start it. */
     async launchInstances(launches: InstanceLaunch[]): Promise<LaunchResult[]> {
       if (!Array.isArray(launches)) throw invalidInput('launchInstances takes a list of instance launches');

@@ -1,13 +1,15 @@
 import * as fs from 'fs';
+import { open as openFile, rename } from 'fs/promises';
 import * as path from 'path';
 import { ApplicationFailure } from '@temporalio/common';
 import type { InstanceLaunch, SwitchResult, WorkloadConfig } from '../contracts';
-import { assertId, invalidState, notFound } from '../contracts';
+import { assertId, invalidInput, invalidState, notFound } from '../contracts';
 import { isNoEnt, removeTemps, writeFileAtomicSync } from './atomic-file';
 import type { BlockDevice } from './block-device';
 import type { BlockSource } from './block-source';
-import { HostStore, type VolumeMeta } from './host-store';
+import { checkVolumeMeta, HostStore, type VolumeMeta } from './host-store';
 import { ReplicaVolume } from './replica';
+import { writeFully } from './volume';
 import { VolumeCapture, capturesDir, removeStaleSpills, type VolumeCaptureOptions } from './volume-capture';
 import { Workload, type PauseResult } from './workload';
 import { lastLoggedSeq, nowMs } from './workload-log';
@@ -39,6 +41,23 @@ export interface InstanceRecord {
   pause?: PauseResult;
   /** Target side: the recorded switch. */
   switch?: SwitchResult;
+  /** Set when the instance was started here from snapshots, so a retried start gets the same answer. */
+  restored?: { restoreId: string; resumedAtSeq: number };
+}
+
+/** Where a restore reads a volume from: verified batches of consecutive chunks. */
+export interface RestoreSource {
+  chunkSize: number;
+  chunkCount: number;
+  /** The chunks from `fromChunk` to the end, in order, each batch verified before it is yielded. */
+  read(fromChunk: number): AsyncIterable<{ firstChunk: number; data: Buffer }>;
+}
+
+export interface RestoreVolumeOptions {
+  /** A previous attempt wrote every chunk before this one (its heartbeated cursor). */
+  fromChunk?: number;
+  /** After each batch: every chunk before `nextChunk` is in the image being written. */
+  onProgress?: (nextChunk: number) => void | Promise<void>;
 }
 
 /** How an agent reaches other hosts: their data (always) and their agent (when in this process). */
@@ -73,6 +92,15 @@ function throttledWarning(hostId: string): (instanceId: string, err: unknown) =>
       `[${hostId}] workload of ${instanceId}: ${err instanceof Error ? err.message : String(err)}`,
     );
   };
+}
+
+/** Leaves the directory if anything is still in it (e.g. another volume of the restore being written). */
+function removeDirIfEmpty(dir: string): void {
+  try {
+    fs.rmdirSync(dir);
+  } catch {
+    // not empty, or gone already
+  }
 }
 
 /** Serialises lifecycle operations per instance, so a retried activity never interleaves with its first attempt. */
@@ -725,6 +753,189 @@ export class HostAgent {
     const capture = this.captures.get(assertId('volumeId', volumeId));
     if (!capture || (captureId !== undefined && capture.captureId !== captureId)) return;
     await capture.close();
+  }
+
+  // ---- restores --------------------------------------------------------------------------------
+
+  /** Where restore `restoreId` writes a volume until it is complete; nothing there is taken for a volume. */
+  restoringPath(restoreId: string, volumeId: string): string {
+    return path.join(this.restoresDir(restoreId), `${assertId('volumeId', volumeId)}.img`);
+  }
+
+  private restoresDir(restoreId: string): string {
+    return path.join(this.store.root, 'restores', assertId('restoreId', restoreId));
+  }
+
+  /**
+   * Writes a volume of an instance to be started here from `source`, into restores/<restoreId>/
+   * first (resuming at `fromChunk` when that file is still there), then publishes it: image renamed
+   * into volumes/, sidecar last, so a half-written image is never taken for a volume. Idempotent:
+   * a volume this restore published already is left as it is (returns false). A failure that
+   * retrying cannot fix (e.g. a corrupt chunk) removes the partial image.
+   */
+  async restoreVolume(
+    restoreId: string,
+    meta: VolumeMeta,
+    source: RestoreSource,
+    options: RestoreVolumeOptions = {},
+  ): Promise<boolean> {
+    checkVolumeMeta(meta);
+    const { volumeId, instanceId, sizeBytes } = meta;
+    return this.lock.run(instanceId, async () => {
+      if (this.restoredAlready(restoreId, meta)) return false;
+      const { chunkSize, chunkCount } = source;
+      if (chunkCount !== Math.ceil(sizeBytes / chunkSize)) {
+        throw invalidInput(
+          `restore of ${volumeId}: ${chunkCount} chunks of ${chunkSize} bytes do not make a ${sizeBytes}-byte volume`,
+        );
+      }
+      const temp = this.restoringPath(restoreId, volumeId);
+      let from = options.fromChunk ?? 0;
+      if (!Number.isSafeInteger(from) || from < 0 || from > chunkCount) from = 0;
+      // The cursor only counts if the image it describes is still there, at its full size.
+      if (from > 0 && fs.statSync(temp, { throwIfNoEntry: false })?.size !== sizeBytes) from = 0;
+      fs.mkdirSync(path.dirname(temp), { recursive: true });
+      const fh = await openFile(temp, from > 0 ? 'r+' : 'w');
+      try {
+        if (from === 0) await fh.truncate(sizeBytes);
+        for await (const { firstChunk, data } of source.read(from)) {
+          await writeFully(fh, data, firstChunk * chunkSize);
+          await options.onProgress?.(firstChunk + Math.ceil(data.length / chunkSize));
+        }
+      } catch (err) {
+        await fh.close();
+        // Nothing will resume it: the next attempt (if any) would fail the same way.
+        if (err instanceof ApplicationFailure && err.nonRetryable) fs.rmSync(temp, { force: true });
+        throw err;
+      }
+      await fh.close();
+      await this.store.ensureDir();
+      await rename(temp, this.store.imagePath(volumeId));
+      await this.store.writeSidecar({ format: 1, ...meta });
+      removeDirIfEmpty(path.dirname(temp));
+      return true;
+    });
+  }
+
+  /** True when this restore published the volume already; throws if the id is taken otherwise. */
+  private restoredAlready(restoreId: string, meta: VolumeMeta): boolean {
+    const { volumeId, instanceId } = meta;
+    const record = this.records.get(instanceId);
+    if (record && record.restored?.restoreId !== restoreId) {
+      throw invalidState(
+        `instance ${instanceId} is already on host ${this.hostId} (state ${record.state}): restore it onto another host`,
+      );
+    }
+    const sidecar = this.store.readSidecar(volumeId);
+    if (!sidecar) return false;
+    if (
+      sidecar.instanceId !== instanceId ||
+      sidecar.replica ||
+      sidecar.sizeBytes !== meta.sizeBytes ||
+      sidecar.blockSize !== meta.blockSize
+    ) {
+      throw invalidState(
+        `volume ${volumeId} already exists on host ${this.hostId} (instance ${sidecar.instanceId}, ${sidecar.sizeBytes} bytes${sidecar.replica ? ', a replica being synchronised' : ''}): restore onto another host or delete it first`,
+      );
+    }
+    return true;
+  }
+
+  /**
+   * Runs an instance whose volumes a restore wrote here, its workload continuing the seq of the
+   * shared log. Idempotent for the same restore; refused if a volume is missing. Returns the first
+   * seq written here.
+   */
+  async adoptRestored(restoreId: string, launch: InstanceLaunch): Promise<number> {
+    assertId('restoreId', restoreId);
+    return this.lock.run(launch.instanceId, async () => {
+      const existing = this.records.get(launch.instanceId);
+      if (existing) {
+        if (existing.restored?.restoreId !== restoreId) {
+          throw invalidState(
+            `instance ${launch.instanceId} is already on host ${this.hostId} (state ${existing.state}): it cannot be started here from restore ${restoreId}`,
+          );
+        }
+        if (existing.state === 'running' && this.workloads.get(launch.instanceId)?.state !== 'running') {
+          await this.startWorkload(existing);
+        }
+        return existing.restored.resumedAtSeq;
+      }
+      for (const volume of launch.volumes) {
+        const sidecar = this.store.readSidecar(volume.volumeId);
+        if (
+          !sidecar ||
+          sidecar.replica ||
+          sidecar.instanceId !== launch.instanceId ||
+          sidecar.sizeBytes !== volume.sizeBytes ||
+          sidecar.blockSize !== volume.blockSize ||
+          !fs.existsSync(this.store.imagePath(volume.volumeId))
+        ) {
+          throw invalidState(
+            `volume ${volume.volumeId} of instance ${launch.instanceId} has not been restored on host ${this.hostId}: restore it (restoreVolume) before starting the instance`,
+          );
+        }
+      }
+      // A restore does not know which volumes hold user data; the plan does.
+      for (const volume of launch.volumes) {
+        const sidecar = this.store.readSidecar(volume.volumeId)!;
+        if (sidecar.userData !== volume.userData) {
+          await this.store.writeSidecar({ ...sidecar, userData: volume.userData });
+        }
+      }
+      const draft: InstanceRecord = {
+        instanceId: launch.instanceId,
+        account: launch.account,
+        volumes: launch.volumes,
+        workload: launch.workload,
+        state: 'running',
+        lastSeq: 0,
+      };
+      const resumedAtSeq = this.nextSeq(draft);
+      // Saved running before the workload starts, so a restarted agent resumes it.
+      const record = this.save({
+        ...draft,
+        lastSeq: resumedAtSeq - 1,
+        restored: { restoreId, resumedAtSeq },
+      });
+      await this.startWorkload(record);
+      fs.rmSync(this.restoresDir(restoreId), { recursive: true, force: true });
+      return resumedAtSeq;
+    });
+  }
+
+  /**
+   * Rolls back a restore before its instance started: its partial and published volumes go. A
+   * volume an instance here owns is left alone unless that instance is this restore's.
+   */
+  async discardRestored(restoreId: string, instanceId: string, volumeIds: string[]): Promise<void> {
+    assertId('restoreId', restoreId);
+    volumeIds.forEach((v) => assertId('volumeId', v));
+    await this.lock.run(assertId('instanceId', instanceId), async () => {
+      const record = this.records.get(instanceId);
+      if (record?.restored?.restoreId === restoreId) await this.deleteInstance(record);
+      for (const volumeId of volumeIds) {
+        const sidecar = this.store.readSidecar(volumeId);
+        if (this.ownerOf(volumeId) || (sidecar && sidecar.instanceId !== instanceId)) continue;
+        await this.closeDevice(volumeId);
+        await this.store.deleteVolume(volumeId);
+      }
+      fs.rmSync(this.restoresDir(restoreId), { recursive: true, force: true });
+    });
+  }
+
+  /**
+   * Stops the instance and deletes it and its volumes here, whatever its state (a restore started
+   * it elsewhere: two copies must never run). Returns false if it was not here. Idempotent.
+   */
+  async dropInstance(instanceId: string): Promise<boolean> {
+    return this.lock.run(assertId('instanceId', instanceId), async () => {
+      const record = this.records.get(instanceId);
+      if (!record) return false;
+      await this.deleteInstance(record);
+      if (record.migration) this.bandwidth.delete(record.migration.migrationId);
+      return true;
+    });
   }
 
   // ---- import ----------------------------------------------------------------------------------

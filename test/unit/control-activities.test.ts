@@ -4,6 +4,8 @@ import * as path from 'node:path';
 import { createControlActivities, type ControlActivities } from '../../src/activities/control-activities';
 import { DEFAULT_BLOCK_SIZE, DEFAULT_WORKLOAD, ErrorType, MiB, type FleetSpec } from '../../src/contracts';
 import { openInventory, type Inventory } from '../../src/fleet/inventory';
+import { FileObjectStore } from '../../src/fleet/object-store';
+import { SnapshotStore } from '../../src/fleet/snapshot-store';
 import { expectFailure } from '../helpers/failures';
 
 const spec: FleetSpec = { hosts: 3, instances: 4, volumeSizeBytes: 64 * MiB };
@@ -20,18 +22,21 @@ const planImport =
 describe('control activities', () => {
   let dir: string;
   let inventory: Inventory;
+  let snapshots: SnapshotStore;
   let activities: ControlActivities;
 
   beforeEach(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-control-'));
     inventory = openInventory(path.join(dir, 'data'));
-    activities = createControlActivities(inventory);
+    snapshots = new SnapshotStore(new FileObjectStore(path.join(dir, 'data', 'object-store')));
+    activities = createControlActivities(inventory, snapshots);
     await activities.createFleet({ key: 'init-1', spec });
     // i-4 stays pending: it is the "not running" instance below.
     await activities.markInstancesRunning({ instanceIds: ['i-1', 'i-2', 'i-3'] });
   });
 
-  afterEach(() => {
+  afterEach(async () => {
+    await snapshots.close();
     inventory.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
@@ -225,7 +230,7 @@ describe('control activities', () => {
     test('createFleet refuses a bad spec in an empty directory, recording nothing', async () => {
       const other = openInventory(path.join(dir, 'other'));
       try {
-        const act = createControlActivities(other);
+        const act = createControlActivities(other, snapshots);
         await expectFailure(
           () => act.createFleet({ key: 'init-1', spec: { ...spec, volumeSizeBytes: 1000 } }),
           ErrorType.InvalidInput,
@@ -448,5 +453,176 @@ describe('control activities', () => {
       ],
     ];
     test.each(bad)('refuses %s and changes nothing', (...badCase) => expectRefused(badCase));
+  });
+
+  describe('snapshots and restores', () => {
+    /** Commits a snapshot of a whole volume of zeros: one chunk stored, whatever the size. */
+    async function snapshot(snapshotId: string, volumeId: string, event: string, account = 'acct-1') {
+      const volume = inventory.requireVolume(volumeId);
+      const writer = await snapshots.openUpload({
+        snapshotId,
+        account,
+        instanceId: volume.instanceId,
+        volumeId,
+        sizeBytes: volume.sizeBytes,
+        blockSize: volume.blockSize,
+        sourceEvent: event,
+        createdAt: new Date(Date.UTC(2026, 10, 25, 12, Number(snapshotId.slice(-1)))).toISOString(),
+      });
+      await writer.putBlocks(0, Buffer.alloc(volume.sizeBytes));
+      return writer.commit();
+    }
+
+    test('planSnapshot lists the instance-store volumes where the instance runs', async () => {
+      expect(await activities.planSnapshot({ instanceId: 'i-1', account: 'acct-1' })).toEqual({
+        instanceId: 'i-1',
+        account: 'acct-1',
+        hostId: 'h-1',
+        volumes: [
+          { volumeId: 'i-1-v0', sizeBytes: 64 * MiB, blockSize: DEFAULT_BLOCK_SIZE, kind: 'instance-store' },
+        ],
+      });
+    });
+
+    test('planRestore places on another host and fills in the volumes snapshotted by the same event', async () => {
+      inventory.addVolume({
+        volumeId: 'i-1-v1',
+        instanceId: 'i-1',
+        hostId: 'h-1',
+        sizeBytes: 2 * MiB,
+        blockSize: DEFAULT_BLOCK_SIZE,
+        kind: 'instance-store',
+        userData: true,
+      });
+      await snapshot('snap-1', 'i-1-v0', 'migration:m-1');
+      await snapshot('snap-2', 'i-1-v1', 'migration:m-1');
+      await snapshot('snap-3', 'i-1-v1', 'manual');
+      const plan = await activities.planRestore({
+        account: 'acct-1',
+        snapshotIds: ['snap-1'],
+        avoidHostIds: ['h-2'],
+      });
+      expect(plan).toMatchObject({
+        instanceId: 'i-1',
+        fromHostId: 'h-1',
+        hostId: 'h-3',
+        resources: inventory.requireInstance('i-1').shape,
+      });
+      expect(plan.volumes.map((v) => [v.volumeId, v.snapshotId])).toEqual([
+        ['i-1-v0', 'snap-1'],
+        ['i-1-v1', 'snap-2'],
+      ]);
+      const named = await activities.planRestore({
+        account: 'acct-1',
+        snapshotIds: ['snap-1', 'snap-3'],
+        targetHostId: 'h-2',
+      });
+      expect(named.hostId).toBe('h-2');
+      expect(named.volumes.map((v) => v.snapshotId)).toEqual(['snap-1', 'snap-3']);
+    });
+
+    test("retainSnapshots keeps the newest; deleteSnapshot is the owner's and idempotent", async () => {
+      for (const id of ['snap-1', 'snap-2', 'snap-3']) await snapshot(id, 'i-1-v0', 'manual');
+      const retained = await activities.retainSnapshots({
+        account: 'acct-1',
+        volumeId: 'i-1-v0',
+        keepLast: 2,
+      });
+      expect(retained.kept).toEqual(['snap-3', 'snap-2']);
+      expect(retained.deleted).toEqual(['snap-1']);
+      await expectFailure(
+        () => activities.deleteSnapshot({ account: 'acct-2', snapshotId: 'snap-2' }),
+        ErrorType.Forbidden,
+        /does not belong to account acct-2/,
+      );
+      expect((await activities.deleteSnapshot({ account: 'acct-1', snapshotId: 'snap-2' })).deleted).toBe(
+        true,
+      );
+      expect((await activities.deleteSnapshot({ account: 'acct-1', snapshotId: 'snap-2' })).deleted).toBe(
+        false,
+      );
+      expect((await snapshots.list({ account: 'acct-1' })).map((s) => s.snapshotId)).toEqual(['snap-3']);
+    });
+
+    describe('refusals', () => {
+      beforeEach(async () => {
+        await snapshot('snap-1', 'i-1-v0', 'manual');
+        await snapshot('snap-2', 'i-2-v0', 'manual', 'acct-2');
+      });
+      const bad: BadCase[] = [
+        [
+          "a snapshot of another account's instance",
+          (a) => a.planSnapshot({ instanceId: 'i-1', account: 'acct-2' }),
+          ErrorType.Forbidden,
+          /i-1 does not belong to account acct-2/,
+        ],
+        [
+          'a snapshot of a pending instance',
+          (a) => a.planSnapshot({ instanceId: 'i-4' }),
+          ErrorType.InvalidState,
+          /i-4 is pending/,
+        ],
+        [
+          'a snapshot of an unknown instance',
+          (a) => a.planSnapshot({ instanceId: 'i-99' }),
+          ErrorType.NotFound,
+          /i-99/,
+        ],
+        [
+          'a restore by the wrong account',
+          (a) => a.planRestore({ account: 'acct-2', snapshotIds: ['snap-1'] }),
+          ErrorType.Forbidden,
+          /snap-1 does not belong to account acct-2/,
+        ],
+        [
+          'a restore onto the host it runs on',
+          (a) => a.planRestore({ account: 'acct-1', snapshotIds: ['snap-1'], targetHostId: 'h-1' }),
+          ErrorType.InvalidInput,
+          /choose another --host/,
+        ],
+        [
+          'a restore onto an unknown host',
+          (a) => a.planRestore({ account: 'acct-1', snapshotIds: ['snap-1'], targetHostId: 'h-9' }),
+          ErrorType.NotFound,
+          /h-9/,
+        ],
+        [
+          'a restore from an unknown snapshot',
+          (a) => a.planRestore({ account: 'acct-1', snapshotIds: ['snap-9'] }),
+          ErrorType.NotFound,
+          /snap-9/,
+        ],
+        [
+          'a restore from a malformed id',
+          (a) => a.planRestore({ account: 'acct-1', snapshotIds: ['../x'] }),
+          ErrorType.InvalidInput,
+          /snapshotIds\[0\]/,
+        ],
+        [
+          'a restore with no snapshots',
+          (a) => a.planRestore({ account: 'acct-1', snapshotIds: [] }),
+          ErrorType.InvalidInput,
+          /at least one snapshot/,
+        ],
+        [
+          'a restore with every other host avoided',
+          (a) => a.planRestore({ account: 'acct-1', snapshotIds: ['snap-1'], avoidHostIds: ['h-2', 'h-3'] }),
+          ErrorType.NoCapacity,
+          /no host other than h-1, h-2, h-3/,
+        ],
+        [
+          "deleting another account's snapshot",
+          (a) => a.deleteSnapshot({ account: 'acct-1', snapshotId: 'snap-2' }),
+          ErrorType.Forbidden,
+          /snap-2 does not belong to account acct-1/,
+        ],
+      ];
+      test.each(bad)('refuses %s and changes nothing', async (...badCase) => {
+        const before = await snapshots.list({ account: 'acct-1' });
+        await expectRefused(badCase);
+        expect(await snapshots.list({ account: 'acct-1' })).toEqual(before);
+        expect(await snapshots.list({ account: 'acct-2' })).toHaveLength(1);
+      });
+    });
   });
 });

@@ -5,12 +5,21 @@ import * as path from 'path';
 import { CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createHostActivities, type HostActivities } from '../../src/activities/host-activities';
-import type { InstanceLaunch, SwitchResult } from '../../src/contracts';
+import type {
+  InstanceLaunch,
+  RestoreVolumeInput,
+  SnapshotVolumeInput,
+  SwitchResult,
+  VolumeSnapshot,
+} from '../../src/contracts';
 import { FleetRuntime } from '../../src/fleet/fleet-runtime';
 import type { InstanceRecord } from '../../src/fleet/host-agent';
 import { HostStore } from '../../src/fleet/host-store';
+import { FileObjectStore, objectStoreRoot } from '../../src/fleet/object-store';
 import { patternBytes, volumePatternSeed } from '../../src/fleet/pattern';
-import { overlayLoggedWrites, readWorkloadLog } from '../../src/fleet/workload-log';
+import { SnapshotStore } from '../../src/fleet/snapshot-store';
+import { capturesDir } from '../../src/fleet/volume-capture';
+import { lastLoggedSeq, overlayLoggedWrites, readWorkloadLog } from '../../src/fleet/workload-log';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -38,19 +47,22 @@ function launchOf(
 describe('host activities', () => {
   let dataDir: string;
   let runtime: FleetRuntime;
+  let snapshots: SnapshotStore;
 
   beforeEach(() => {
     dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-host-acts-'));
     runtime = new FleetRuntime({ dataDir, workloadTickMs: 5 });
+    snapshots = new SnapshotStore(new FileObjectStore(objectStoreRoot(dataDir)));
   });
 
   afterEach(async () => {
     await runtime.close();
+    await snapshots.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
   async function acts(hostId: string, rt = runtime): Promise<HostActivities> {
-    return createHostActivities(await rt.host(hostId));
+    return createHostActivities(await rt.host(hostId), snapshots);
   }
 
   function store(hostId: string): HostStore {
@@ -485,5 +497,372 @@ describe('host activities', () => {
     await expect(a1.importVolume({ ...input, instanceId: 'i-7' })).rejects.toMatchObject({
       type: 'NotFound',
     });
+  });
+  // ---- snapshots and restores ------------------------------------------------------------------
+
+  function snapshotInput(volumeId: string, snapshotId = 'snap-1', account = 'acct-1'): SnapshotVolumeInput {
+    return {
+      snapshotId,
+      account,
+      instanceId: volumeId.replace(/-v\d+$/, ''),
+      volumeId,
+      event: 'migration:m-1',
+      createdAt: '2026-03-01T12:00:00.000Z',
+    };
+  }
+
+  function restoreInput(snap: VolumeSnapshot, restoreId = 'r-1'): RestoreVolumeInput {
+    return {
+      restoreId,
+      account: snap.account,
+      snapshotId: snap.snapshotId,
+      instanceId: snap.instanceId,
+      volumeId: snap.volumeId,
+    };
+  }
+
+  /** The volume as of `atSeq`: its pattern overlaid with the logged writes up to that seq. */
+  function imageAt(instanceId: string, volumeId: string, sizeBytes: number, atSeq: number): Buffer {
+    const log = readWorkloadLog(dataDir, instanceId).filter((e) => e.seq <= atSeq);
+    return overlayLoggedWrites(
+      patternBytes(volumePatternSeed(volumeId), sizeBytes),
+      instanceId,
+      volumeId,
+      log,
+    );
+  }
+
+  function volumeFiles(hostId: string): string[] {
+    const dir = path.join(dataDir, 'hosts', hostId, 'volumes');
+    return fs.existsSync(dir) ? fs.readdirSync(dir).sort() : [];
+  }
+
+  function restoresLeft(hostId: string): string[] {
+    const dir = path.join(dataDir, 'hosts', hostId, 'restores');
+    return fs.existsSync(dir) ? fs.readdirSync(dir) : [];
+  }
+
+  function packFiles(account: string): string[] {
+    const dir = path.join(objectStoreRoot(dataDir), account, 'packs');
+    if (!fs.existsSync(dir)) return [];
+    return fs
+      .readdirSync(dir)
+      .flatMap((sub) => fs.readdirSync(path.join(dir, sub)).map((f) => path.join(dir, sub, f)))
+      .filter((f) => f.endsWith('.pack'));
+  }
+
+  test('snapshotVolume of a writing instance restores on another host equal to the volume at its instant', async () => {
+    const launch = launchOf('i-1', 8 * MiB, [8 * MiB]);
+    const a1 = await acts('h-1');
+    const a2 = await acts('h-2');
+    await a1.launchInstances([launch]);
+    await sleep(100);
+
+    const env = new MockActivityEnvironment();
+    const beats: unknown[] = [];
+    env.on('heartbeat', (d: unknown) => beats.push(d));
+    const snap = (await env.run(a1.snapshotVolume, snapshotInput('i-1-v0'))) as VolumeSnapshot;
+    expect(snap).toMatchObject({
+      snapshotId: 'snap-1',
+      account: 'acct-1',
+      instanceId: 'i-1',
+      volumeId: 'i-1-v0',
+      sizeBytes: 8 * MiB,
+      chunkCount: (8 * MiB) / BLOCK,
+      sourceEvent: 'migration:m-1',
+      createdAt: '2026-03-01T12:00:00.000Z',
+      bytesTotal: 8 * MiB,
+    });
+    expect(snap.atSeq).toBeGreaterThan(0);
+    expect(snap.pausedMs).toBeGreaterThanOrEqual(0);
+    expect(snap.bytesUploaded).toBeGreaterThan(0);
+    expect(beats).toContainEqual(expect.objectContaining({ nextChunk: snap.chunkCount }));
+    // The capture was closed: another one can be opened on the volume.
+    const h1 = runtime.localAgent('h-1')!;
+    await h1.openCapture('i-1', 'i-1-v0', 'c-check');
+    await h1.closeCapture('i-1-v0', 'c-check');
+    const spills = capturesDir(store('h-1').root);
+    expect(fs.existsSync(spills) ? fs.readdirSync(spills) : []).toEqual([]);
+
+    const restored = await a2.restoreVolume(restoreInput(snap));
+    expect(restored).toEqual({ volumeId: 'i-1-v0', bytesRestored: 8 * MiB });
+    await sleep(50);
+    await h1.workload('i-1')!.pause();
+    const image = fs.readFileSync(store('h-2').imagePath('i-1-v0'));
+    expect(image.equals(imageAt('i-1', 'i-1-v0', 8 * MiB, snap.atSeq))).toBe(true);
+    // The workload wrote on after the instant, and none of that is in the snapshot.
+    const later = readWorkloadLog(dataDir, 'i-1').filter((e) => e.seq > snap.atSeq);
+    expect(later.length).toBeGreaterThan(0);
+    expect(image.equals(fs.readFileSync(store('h-1').imagePath('i-1-v0')))).toBe(false);
+    expect(store('h-2').readSidecar('i-1-v0')).toMatchObject({ instanceId: 'i-1', sizeBytes: 8 * MiB });
+    expect(restoresLeft('h-2')).toEqual([]);
+  });
+
+  test('snapshotVolume retried after its commit returns the same snapshot; before it, takes a new instant', async () => {
+    const a1 = await acts('h-1');
+    await a1.launchInstances([launchOf('i-1', 4 * MiB, [2 * MiB])]);
+    await sleep(50);
+    // What an attempt killed before its commit leaves: a journal naming chunks of another instant.
+    const meta = { ...snapshotInput('i-1-v0'), sizeBytes: 2 * MiB, blockSize: BLOCK, chunkSize: BLOCK };
+    const killed = await snapshots.openUpload({ ...meta, sourceEvent: meta.event });
+    await killed.putBlocks(0, Buffer.alloc(2 * MiB, 0xee));
+    expect(killed.nextChunk).toBe(32);
+
+    const first = await a1.snapshotVolume(snapshotInput('i-1-v0'));
+    await sleep(50);
+    const again = await new MockActivityEnvironment({ attempt: 2 }).run(
+      a1.snapshotVolume,
+      snapshotInput('i-1-v0'),
+    );
+    expect(again).toEqual(first);
+    expect(await snapshots.list({ account: 'acct-1' })).toHaveLength(1);
+
+    const a2 = await acts('h-2');
+    await a2.restoreVolume(restoreInput(first));
+    await runtime.localAgent('h-1')!.workload('i-1')!.pause();
+    const image = fs.readFileSync(store('h-2').imagePath('i-1-v0'));
+    expect(image.equals(imageAt('i-1', 'i-1-v0', 2 * MiB, first.atSeq))).toBe(true);
+  });
+
+  test('restoreVolume resumes from its heartbeated cursor, and a retry after publishing changes nothing', async () => {
+    const a1 = await acts('h-1');
+    const a2 = await acts('h-2');
+    await a1.launchInstances([launchOf('i-1', 2 * MiB, [24 * MiB])]);
+    await sleep(50);
+    const snap = await a1.snapshotVolume(snapshotInput('i-1-v0'));
+    const agent2 = runtime.localAgent('h-2')!;
+
+    // Interrupted after its first batch (8 MiB = 128 chunks).
+    const interrupted = new MockActivityEnvironment();
+    const beats: { snapshotId: string; cursor: number }[] = [];
+    interrupted.on('heartbeat', (d: { snapshotId: string; cursor: number }) => {
+      beats.push(d);
+      interrupted.cancel();
+    });
+    await expect(interrupted.run(a2.restoreVolume, restoreInput(snap))).rejects.toBeInstanceOf(
+      CancelledFailure,
+    );
+    expect(beats[0]).toEqual({ snapshotId: 'snap-1', cursor: 128 });
+    expect(store('h-2').listVolumes()).toEqual([]);
+    expect(fs.statSync(agent2.restoringPath('r-1', 'i-1-v0')).size).toBe(24 * MiB);
+
+    const resumed = new MockActivityEnvironment({ heartbeatDetails: beats[beats.length - 1], attempt: 2 });
+    const cursors: number[] = [];
+    resumed.on('heartbeat', (d: { cursor: number }) => cursors.push(d.cursor));
+    expect(await resumed.run(a2.restoreVolume, restoreInput(snap))).toEqual({
+      volumeId: 'i-1-v0',
+      bytesRestored: 24 * MiB,
+    });
+    expect([...new Set(cursors)]).toEqual([256, 384]);
+    await runtime.localAgent('h-1')!.workload('i-1')!.pause();
+    const imagePath = store('h-2').imagePath('i-1-v0');
+    const expected = imageAt('i-1', 'i-1-v0', 24 * MiB, snap.atSeq);
+    expect(fs.readFileSync(imagePath).equals(expected)).toBe(true);
+    expect(fs.existsSync(agent2.restoringPath('r-1', 'i-1-v0'))).toBe(false);
+
+    const mtime = fs.statSync(imagePath).mtimeMs;
+    const retried = new MockActivityEnvironment({ attempt: 3 });
+    const retryBeats: unknown[] = [];
+    retried.on('heartbeat', (d: unknown) => retryBeats.push(d));
+    expect(await retried.run(a2.restoreVolume, restoreInput(snap))).toEqual({
+      volumeId: 'i-1-v0',
+      bytesRestored: 24 * MiB,
+    });
+    expect(retryBeats).toEqual([]);
+    expect(fs.statSync(imagePath).mtimeMs).toBe(mtime);
+    expect(fs.readFileSync(imagePath).equals(expected)).toBe(true);
+  });
+
+  test('restoreVolume refuses a host that has the instance or the volume id already, changing nothing', async () => {
+    const a1 = await acts('h-1');
+    await a1.launchInstances([launchOf('i-1', 0, [1 * MiB])]);
+    const snap = await a1.snapshotVolume(snapshotInput('i-1-v0'));
+    await expect(a1.restoreVolume(restoreInput(snap))).rejects.toMatchObject({
+      type: 'InvalidState',
+      nonRetryable: true,
+      message: expect.stringMatching(/^instance i-1 is already on host h-1/),
+    });
+    expect(restoresLeft('h-1')).toEqual([]);
+
+    await store('h-3').createVolume(
+      { volumeId: 'i-1-v0', instanceId: 'i-7', sizeBytes: 1 * MiB, blockSize: BLOCK, userData: false },
+      'zero',
+    );
+    const a3 = await acts('h-3');
+    await expect(a3.restoreVolume(restoreInput(snap))).rejects.toMatchObject({
+      type: 'InvalidState',
+      message: expect.stringMatching(/^volume i-1-v0 already exists on host h-3 \(instance i-7/),
+    });
+    expect(fs.readFileSync(store('h-3').imagePath('i-1-v0')).equals(Buffer.alloc(MiB))).toBe(true);
+    expect(restoresLeft('h-3')).toEqual([]);
+    await expect(a3.restoreVolume({ ...restoreInput(snap), volumeId: 'i-1-v1' })).rejects.toMatchObject({
+      type: 'InvalidInput',
+      message: expect.stringMatching(/^snapshot snap-1 is of volume i-1-v0 of instance i-1/),
+    });
+  });
+
+  test('a corrupt chunk on disk fails the restore with DataIntegrity and publishes no image', async () => {
+    const a1 = await acts('h-1');
+    await a1.launchInstances([launchOf('i-1', 0, [2 * MiB])]);
+    const snap = await a1.snapshotVolume(snapshotInput('i-1-v0'));
+    const [pack, ...more] = packFiles('acct-1');
+    expect(more).toEqual([]);
+    const bytes = fs.readFileSync(pack);
+    bytes[3 * BLOCK + 77] ^= 0x01;
+    fs.writeFileSync(pack, bytes);
+
+    const a2 = await acts('h-2');
+    const failure = a2.restoreVolume(restoreInput(snap));
+    await expect(failure).rejects.toMatchObject({ type: 'DataIntegrity', nonRetryable: true });
+    await expect(failure).rejects.toThrow(/snapshot snap-1 chunk \d+ is corrupt/);
+    expect(store('h-2').listVolumes()).toEqual([]);
+    expect(volumeFiles('h-2')).toEqual([]);
+    expect(fs.existsSync(runtime.localAgent('h-2')!.restoringPath('r-1', 'i-1-v0'))).toBe(false);
+    await expect(
+      a2.startRestored({
+        restoreId: 'r-1',
+        instanceId: 'i-1',
+        account: 'acct-1',
+        volumes: [
+          { volumeId: 'i-1-v0', sizeBytes: 2 * MiB, blockSize: BLOCK, userData: false, snapshotId: 'snap-1' },
+        ],
+        workload: { writeBytesPerSec: 0, writeSize: 4 * KiB },
+      }),
+    ).rejects.toMatchObject({
+      type: 'InvalidState',
+      message: expect.stringMatching(/^volume i-1-v0 of instance i-1 has not been restored on host h-2/),
+    });
+    expect(record('h-2', 'i-1')).toBeUndefined();
+  });
+
+  test('another account is refused for snapshot and restore; bad input opens nothing', async () => {
+    const a1 = await acts('h-1');
+    await a1.launchInstances([launchOf('i-1', 2 * MiB, [1 * MiB])]);
+    const acct2 = path.join(objectStoreRoot(dataDir), 'acct-2');
+    await expect(a1.snapshotVolume(snapshotInput('i-1-v0', 'snap-1', 'acct-2'))).rejects.toMatchObject({
+      type: 'Forbidden',
+      nonRetryable: true,
+      message: 'instance i-1 does not belong to account acct-2: use the owning account',
+    });
+    expect(fs.existsSync(acct2)).toBe(false);
+    await expect(a1.snapshotVolume(snapshotInput('i-9-v0'))).rejects.toMatchObject({ type: 'NotFound' });
+    await expect(a1.snapshotVolume({ ...snapshotInput('i-1-v0'), volumeId: 'i-1-v7' })).rejects.toMatchObject(
+      {
+        type: 'NotFound',
+      },
+    );
+    await expect(a1.snapshotVolume({ ...snapshotInput('i-1-v0'), event: 'no spaces' })).rejects.toMatchObject(
+      {
+        type: 'InvalidInput',
+      },
+    );
+    await expect(
+      a1.snapshotVolume({ ...snapshotInput('i-1-v0'), snapshotId: 'Snap_1' }),
+    ).rejects.toMatchObject({
+      type: 'InvalidInput',
+    });
+    expect(await snapshots.list({ account: 'acct-1' })).toEqual([]);
+    expect(fs.existsSync(path.join(objectStoreRoot(dataDir), 'acct-1', 'uploads'))).toBe(false);
+
+    const snap = await a1.snapshotVolume(snapshotInput('i-1-v0'));
+    const a2 = await acts('h-2');
+    await expect(a2.restoreVolume({ ...restoreInput(snap), account: 'acct-2' })).rejects.toMatchObject({
+      type: 'Forbidden',
+      message: expect.stringContaining('snapshot snap-1 does not belong to account acct-2'),
+    });
+    // A retried snapshot with the wrong account is refused too, even once the snapshot exists.
+    await expect(a1.snapshotVolume(snapshotInput('i-1-v0', 'snap-1', 'acct-2'))).rejects.toMatchObject({
+      type: 'Forbidden',
+    });
+    expect(volumeFiles('h-2')).toEqual([]);
+    expect(restoresLeft('h-2')).toEqual([]);
+    expect(fs.existsSync(acct2)).toBe(false);
+  });
+
+  test('startRestored runs the restored instance with its seq continuing the log, once', async () => {
+    const launch = launchOf('i-1', 2 * MiB, [1 * MiB, 512 * KiB]);
+    const a1 = await acts('h-1');
+    const a2 = await acts('h-2');
+    await a1.launchInstances([launch]);
+    await sleep(80);
+    const snaps: VolumeSnapshot[] = [];
+    for (const [n, volume] of launch.volumes.entries()) {
+      snaps.push(await a1.snapshotVolume(snapshotInput(volume.volumeId, `snap-${n}`)));
+    }
+    for (const snap of snaps) await a2.restoreVolume(restoreInput(snap));
+    await sleep(30);
+    await a1.dropInstance({ instanceId: 'i-1', reason: 'restored on h-2 by r-1' });
+    const lastOnH1 = lastLoggedSeq(dataDir, 'i-1');
+
+    const input = {
+      restoreId: 'r-1',
+      instanceId: 'i-1',
+      account: 'acct-1',
+      volumes: launch.volumes.map((v, n) => ({ ...v, snapshotId: snaps[n].snapshotId })),
+      workload: launch.workload,
+    };
+    const started = await a2.startRestored(input);
+    expect(started).toEqual({ resumedAtSeq: lastOnH1 + 1 });
+    await sleep(100);
+    expect(await a2.startRestored(input)).toEqual(started);
+    expect(record('h-2', 'i-1')).toMatchObject({ state: 'running', restored: { restoreId: 'r-1' } });
+    expect(restoresLeft('h-2')).toEqual([]);
+    await runtime.close();
+
+    const log = readWorkloadLog(dataDir, 'i-1');
+    expectConsecutive(log.map((e) => e.seq));
+    expect(log.filter((e) => e.seq < started.resumedAtSeq).every((e) => e.host === 'h-1')).toBe(true);
+    const onH2 = log.filter((e) => e.seq >= started.resumedAtSeq);
+    expect(onH2.length).toBeGreaterThan(5);
+    expect(onH2.every((e) => e.host === 'h-2')).toBe(true);
+    // Each volume: as of its snapshot, plus what the workload wrote on h-2 (h-1's later writes are lost).
+    for (const [n, volume] of launch.volumes.entries()) {
+      const kept = log.filter((e) => e.seq <= snaps[n].atSeq || e.seq >= started.resumedAtSeq);
+      const base = patternBytes(volumePatternSeed(volume.volumeId), volume.sizeBytes);
+      const expected = overlayLoggedWrites(base, 'i-1', volume.volumeId, kept);
+      expect(fs.readFileSync(store('h-2').imagePath(volume.volumeId)).equals(expected)).toBe(true);
+    }
+  });
+
+  test('dropInstance removes a running or paused instance and its volumes; dropping again is a no-op', async () => {
+    const a1 = await acts('h-1');
+    await a1.launchInstances([launchOf('i-1'), launchOf('i-2')]);
+    await sleep(50);
+    await a1.dropInstance({ instanceId: 'i-1', reason: 'restored on h-2' });
+    const frozen = seqs('i-1').length;
+    await sleep(50);
+    expect(seqs('i-1').length).toBe(frozen);
+    expect(record('h-1', 'i-1')).toBeUndefined();
+    expect(store('h-1').listVolumes()).toEqual(['i-2-v0', 'i-2-v1']);
+    await a1.dropInstance({ instanceId: 'i-1', reason: 'restored on h-2' });
+
+    // The source of a migration, paused for its switch, is dropped the same way.
+    await runtime.localAgent('h-1')!.pauseForSwitch('i-2', 'm-1', 'h-2');
+    await a1.dropInstance({ instanceId: 'i-2', reason: 'restored on h-3' });
+    expect(record('h-1', 'i-2')).toBeUndefined();
+    expect(volumeFiles('h-1')).toEqual([]);
+    await expect(a1.dropInstance({ instanceId: 'i-2', reason: '' })).rejects.toMatchObject({
+      type: 'InvalidInput',
+    });
+    await expect(a1.dropInstance({ instanceId: '../i-2', reason: 'x' })).rejects.toMatchObject({
+      type: 'InvalidInput',
+    });
+  });
+
+  test('discardRestored removes what a restore wrote, idempotently, and nothing of another instance', async () => {
+    const a1 = await acts('h-1');
+    const a2 = await acts('h-2');
+    await a1.launchInstances([launchOf('i-1', 0, [1 * MiB])]);
+    await a2.launchInstances([launchOf('i-2', 0, [1 * MiB])]);
+    const snap = await a1.snapshotVolume(snapshotInput('i-1-v0'));
+    await a2.restoreVolume(restoreInput(snap));
+    expect(store('h-2').listVolumes()).toEqual(['i-1-v0', 'i-2-v0']);
+    const discard = { restoreId: 'r-1', instanceId: 'i-1', volumeIds: ['i-1-v0', 'i-2-v0'] };
+    await a2.discardRestored(discard);
+    await a2.discardRestored(discard);
+    expect(store('h-2').listVolumes()).toEqual(['i-2-v0']);
+    expect(volumeFiles('h-2')).toEqual(['i-2-v0.img', 'i-2-v0.json']);
+    expect(restoresLeft('h-2')).toEqual([]);
+    expect(record('h-2', 'i-2')?.state).toBe('running');
   });
 });
