@@ -1,4 +1,5 @@
 import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import type { RestoreInstanceResult } from './recovery';
 import type { Resources, VolumeRecord } from './fleet';
 
 export interface LiveMigrationInput {
@@ -6,12 +7,20 @@ export interface LiveMigrationInput {
   targetHostId: string;
   /** Background copy limit in bytes/s; 0 or absent = unlimited. Changeable with `setBandwidth`. */
   bandwidthBytesPerSec?: number;
+  /**
+   * Snapshot the instance-store volumes before the switch (default true), so an instance whose
+   * target launch fails while its source is lost is restored elsewhere instead of lost.
+   */
+  snapshot?: boolean;
+  /** Keep that snapshot after a successful migration (default false: it is deleted). */
+  keepSnapshot?: boolean;
 }
 
 export type MigrationPhase =
   | 'validating'
   | 'reserving'
   | 'instantiating'
+  | 'snapshotting'
   | 'switching'
   | 'syncing'
   | 'verifying'
@@ -20,6 +29,8 @@ export type MigrationPhase =
   | 'rolling-back'
   | 'completed'
   | 'rolled-back'
+  | 'restoring'
+  | 'restored'
   | 'failed';
 
 /** What the control plane found when validating a migration request. */
@@ -75,6 +86,14 @@ export interface LiveMigrationResult {
   cancelRefused: boolean;
   /** Workflow time spent in each phase, ms. */
   phaseMs?: Partial<Record<MigrationPhase, number>>;
+  /** The pre-migration snapshots (kept only when asked, or when they were restored from). */
+  snapshotIds?: string[];
+  /**
+   * Set when the switch failed and the source was lost: the instance was restored from its
+   * pre-migration snapshot on another host (writes after the snapshot's instant are lost). Then
+   * targetHostId is where it was meant to go, `restored.hostId` where it runs, and the sync fields are 0.
+   */
+  restored?: RestoreInstanceResult;
 }
 
 export const progressQuery = defineQuery<MigrationProgress>('progress');

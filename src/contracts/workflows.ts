@@ -4,6 +4,9 @@ export const WorkflowType = {
   fleetInit: 'fleetInit',
   volumeImport: 'volumeImport',
   volumeExport: 'volumeExport',
+  preMigrationSnapshot: 'preMigrationSnapshot',
+  restoreInstance: 'restoreInstance',
+  deleteSnapshot: 'deleteSnapshot',
 } as const;
 
 export const Operation = {
@@ -11,6 +14,9 @@ export const Operation = {
   fleetInit: 'fleet-init',
   volumeImport: 'volume-import',
   volumeExport: 'volume-export',
+  preMigrationSnapshot: 'pre-migration-snapshot',
+  restoreInstance: 'restore-instance',
+  deleteSnapshot: 'delete-snapshot',
 } as const;
 
 /** Workflow ids are derived from what they act on, so a second request for the same thing is visible. */

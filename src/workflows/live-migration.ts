@@ -3,12 +3,15 @@ import {
   CancellationScope,
   CancelledFailure,
   condition,
+  executeChild,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   setCurrentDetails,
   type ActivityOptions,
   setHandler,
+  uuid4,
   workflowInfo,
 } from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control-activities';
@@ -30,6 +33,7 @@ import {
   showPhase,
   surfaceFailure,
   upsertVisibility,
+  invalidInput,
   invalidState,
   Operation,
   progressQuery,
@@ -42,7 +46,12 @@ import {
   type SwitchResult,
   type SyncSliceResult,
   type VolumeRecord,
+  type PreMigrationSnapshotResult,
+  type RestoreInstanceResult,
+  WorkflowType,
 } from '../contracts';
+import type { preMigrationSnapshot } from './pre-migration-snapshot';
+import type { restoreInstance } from './restore-instance';
 
 /** Activity stubs with rehome's defaults; `options` override them for one group of calls. */
 function controlActivities(options: Partial<ActivityOptions> = {}) {
@@ -59,6 +68,15 @@ const MAX_SLICE_MS = 5_000;
 const MAX_VERIFY_ROUNDS = 3;
 
 const SYNC_SLICE_OPTIONS = { startToCloseTimeout: '10 minutes', heartbeatTimeout: '20s' } as const;
+
+/**
+ * With a snapshot to fall back on, a source that does not take its instance back within this long
+ * after a failed switch counts as lost. Without one the rollback waits for it, however long.
+ */
+const SOURCE_LOST_AFTER: Partial<ActivityOptions> = {
+  scheduleToCloseTimeout: '20s',
+  retry: { ...RETRY, maximumAttempts: 3 },
+};
 
 interface VolumeSync {
   volume: VolumeRecord;
@@ -78,12 +96,7 @@ export async function liveMigration(input: LiveMigrationInput): Promise<LiveMigr
   const request = validateMigrationInput(input);
   const migrationId = assertId('workflow id (the migration id)', workflowInfo().workflowId);
   try {
-    return await new Migration(
-      migrationId,
-      request.instanceId,
-      request.targetHostId,
-      request.bandwidth,
-    ).run();
+    return await new Migration(migrationId, request).run();
   } catch (err) {
     throw surfaceFailure(err);
   }
@@ -97,8 +110,23 @@ function validateMigrationInput(input: unknown) {
     fields.bandwidthBytesPerSec === undefined || fields.bandwidthBytesPerSec === null
       ? 0
       : assertBandwidth(fields.bandwidthBytesPerSec);
-  return { instanceId, targetHostId, bandwidth };
+  const flag = (name: string, fallback: boolean) => {
+    const value = fields[name];
+    if (value === undefined || value === null) return fallback;
+    if (typeof value !== 'boolean')
+      throw invalidInput(`${name} must be true or false, not ${JSON.stringify(value)}`);
+    return value;
+  };
+  return {
+    instanceId,
+    targetHostId,
+    bandwidth,
+    snapshot: flag('snapshot', true),
+    keepSnapshot: flag('keepSnapshot', false),
+  };
 }
+
+type MigrationRequest = ReturnType<typeof validateMigrationInput>;
 
 class Migration {
   private readonly control = controlActivities();
@@ -120,13 +148,21 @@ class Migration {
   private switchAttempted = false;
   /** While the copy runs (syncing and re-syncs during verify), bandwidth changes go to the running slice. */
   private copyActive = false;
+  private snapshot?: PreMigrationSnapshotResult;
+  /** A failed switch's rollback could not give the instance back to its source. */
+  private sourceLost = false;
+  private readonly instanceId: string;
+  private readonly targetHostId: string;
+  private bandwidth: number;
 
   constructor(
     private readonly migrationId: string,
-    private readonly instanceId: string,
-    private readonly targetHostId: string,
-    private bandwidth: number,
+    private readonly request: MigrationRequest,
   ) {
+    const { instanceId, targetHostId, bandwidth } = request;
+    this.instanceId = instanceId;
+    this.targetHostId = targetHostId;
+    this.bandwidth = bandwidth;
     this.target = hostActivities(targetHostId);
     this.boundedTarget = hostActivities(targetHostId, BOUNDED);
     this.progress = {
@@ -162,10 +198,72 @@ class Migration {
     });
 
     const plan = await this.undoable(() => this.prepare());
-    const switched = await this.undoable(() => this.switchOver(plan));
+    if (patched('pre-migration-snapshot')) await this.undoable(() => this.snapshotBefore(plan));
+    let switched: SwitchResult;
+    try {
+      switched = await this.undoable(() => this.switchOver(plan));
+    } catch (err) {
+      if (this.sourceLost && this.snapshot) return await this.restoreElsewhere(plan, err);
+      throw err;
+    }
     this.progress.switched = true;
     if (root.consideredCancelled) this.refuseCancel();
     return await CancellationScope.nonCancellable(() => this.completeAfterSwitch(plan, switched));
+  }
+
+  /** A child preMigrationSnapshot of the instance-store volumes, as close to the switch as possible. */
+  private async snapshotBefore(plan: MigrationPlan): Promise<void> {
+    const local = plan.volumes.filter((v) => v.kind === 'instance-store');
+    if (!this.request.snapshot || local.length === 0) return;
+    this.enterPhase(
+      'snapshotting',
+      `**snapshotting** ${local.length} instance-store volume(s) of ${this.instanceId} on ${plan.sourceHostId} before the switch`,
+    );
+    this.snapshot = await executeChild<typeof preMigrationSnapshot>(WorkflowType.preMigrationSnapshot, {
+      workflowId: `${this.migrationId}-snapshot`,
+      args: [{ instanceId: this.instanceId, account: plan.account, event: `migration:${this.migrationId}` }],
+    });
+    this.throwIfCancelled();
+  }
+
+  /**
+   * The switch failed and the source cannot take the instance back: start it from its snapshot on a
+   * host that is neither of the two. Writes after the snapshot's instant are lost, and the result says so.
+   */
+  private async restoreElsewhere(plan: MigrationPlan, cause: unknown): Promise<LiveMigrationResult> {
+    const snapshot = this.snapshot!;
+    const snapshotIds = snapshot.snapshots.map((s) => s.snapshotId);
+    this.enterPhase(
+      'restoring',
+      `**restoring** ${this.instanceId} from ${snapshotIds.join(', ')}: the switch failed (${errorMessage(cause)}) and ${plan.sourceHostId} is lost`,
+    );
+    const restored: RestoreInstanceResult = await CancellationScope.nonCancellable(() =>
+      executeChild<typeof restoreInstance>(WorkflowType.restoreInstance, {
+        workflowId: `restore-${this.instanceId}-${uuid4().slice(0, 8)}`,
+        args: [
+          {
+            account: plan.account,
+            snapshotIds,
+            avoidHostIds: [plan.sourceHostId, this.targetHostId],
+            reason: `migration:${this.migrationId}`,
+          },
+        ],
+      }),
+    );
+    const atSeq = Math.min(...snapshot.snapshots.map((s) => s.atSeq));
+    this.enterPhase(
+      'restored',
+      `**restored** ${this.instanceId} runs on ${restored.hostId} from ${snapshotIds.join(', ')} (writes after seq ${atSeq} are lost); ${plan.sourceHostId} was lost and the switch to ${this.targetHostId} failed`,
+    );
+    return {
+      ...this.result(
+        plan,
+        { lastSourceSeq: atSeq, pausedAtMs: 0, resumedAtMs: 0, downtimeMs: 0 },
+        Date.now() - this.startedAt,
+      ),
+      snapshotIds,
+      restored,
+    };
   }
 
   /** validating → reserving → instantiating: all of it is undone by a rollback. */
@@ -294,6 +392,13 @@ class Migration {
           },
         ],
       );
+      if (this.snapshot && !this.request.keepSnapshot) {
+        for (const { snapshotId } of this.snapshot.snapshots) {
+          await this.control.deleteSnapshot.executeWithOptions({ summary: `delete ${snapshotId}` }, [
+            { account: plan.account, snapshotId },
+          ]);
+        }
+      }
     } catch (err) {
       const message = `after the switch: ${this.instanceId} runs on ${this.targetHostId}; source ${plan.sourceHostId} kept for inspection: ${errorMessage(err)}`;
       log.error(`migration failed ${message}`);
@@ -389,10 +494,18 @@ class Migration {
     this.enterPhase('rolling-back', `**rolling back** ${this.instanceId} → ${this.targetHostId} (${why})`);
     await CancellationScope.nonCancellable(async () => {
       if (this.switchAttempted && sourceHostId !== undefined) {
-        await hostActivities(sourceHostId).resumeInstance.executeWithOptions(
-          { summary: `resume ${this.instanceId} on ${sourceHostId}` },
-          [{ instanceId: this.instanceId }],
-        );
+        try {
+          await hostActivities(
+            sourceHostId,
+            this.snapshot ? SOURCE_LOST_AFTER : {},
+          ).resumeInstance.executeWithOptions({ summary: `resume ${this.instanceId} on ${sourceHostId}` }, [
+            { instanceId: this.instanceId },
+          ]);
+        } catch (err) {
+          if (!this.snapshot) throw err;
+          this.sourceLost = true;
+          log.error(`source ${sourceHostId} did not take ${this.instanceId} back: ${errorMessage(err)}`);
+        }
       }
       if (this.prepareAttempted) {
         await this.target.discardTarget.executeWithOptions(
@@ -407,7 +520,11 @@ class Migration {
         );
       }
     });
-    const untouched = sourceHostId ? `; ${this.instanceId} still runs on ${sourceHostId}` : '';
+    const untouched = !sourceHostId
+      ? ''
+      : this.sourceLost
+        ? `; ${sourceHostId} did not take ${this.instanceId} back`
+        : `; ${this.instanceId} still runs on ${sourceHostId}`;
     this.enterPhase(
       cancelled ? 'rolled-back' : 'failed',
       `**${cancelled ? 'rolled back' : 'failed'}** ${this.instanceId} → ${this.targetHostId} (${why})${untouched}`,
@@ -534,6 +651,9 @@ class Migration {
       durationMs,
       cancelRefused: this.progress.cancelRefused,
       phaseMs: { ...this.phaseMs },
+      ...(this.snapshot && this.request.keepSnapshot
+        ? { snapshotIds: this.snapshot.snapshots.map((s) => s.snapshotId) }
+        : {}),
     };
   }
 }

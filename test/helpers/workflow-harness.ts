@@ -165,6 +165,88 @@ function defaultBehaviour(): AllActivities {
       sizeBytes: 8 * MiB,
       sha256: 'cd'.repeat(32),
     }),
+    planSnapshot: async ({ instanceId }) => {
+      const plan = defaultPlan(instanceId);
+      return {
+        instanceId,
+        account: plan.account,
+        hostId: plan.sourceHostId,
+        volumes: plan.volumes.map(({ volumeId, sizeBytes, blockSize, kind }) => ({
+          volumeId,
+          sizeBytes,
+          blockSize,
+          kind,
+        })),
+      };
+    },
+    snapshotVolume: async (input) => ({
+      snapshotId: input.snapshotId,
+      account: input.account,
+      instanceId: input.instanceId,
+      volumeId: input.volumeId,
+      sizeBytes: 4 * MiB,
+      blockSize: DEFAULT_BLOCK_SIZE,
+      chunkSize: DEFAULT_BLOCK_SIZE,
+      chunkCount: 64,
+      hashAlgorithm: 'sha256',
+      sourceEvent: input.event,
+      createdAt: input.createdAt,
+      bytesUploaded: MiB,
+      bytesTotal: 4 * MiB,
+      atSeq: 40,
+      pausedMs: 1,
+    }),
+    retainSnapshots: async () => ({
+      deleted: [],
+      kept: [],
+      gc: { packsDeleted: 0, packsRepacked: 0, bytesFreed: 0, bytesLive: 0 },
+    }),
+    deleteSnapshot: async ({ snapshotId }) => ({
+      snapshotId,
+      deleted: true,
+      gc: { packsDeleted: 1, packsRepacked: 0, bytesFreed: MiB, bytesLive: 0 },
+    }),
+    describeSnapshot: async ({ account, snapshotId }) => ({
+      snapshotId,
+      account,
+      instanceId: 'i-3',
+      volumeId: 'v-i-3-a',
+      sizeBytes: 4 * MiB,
+      blockSize: DEFAULT_BLOCK_SIZE,
+      chunkSize: DEFAULT_BLOCK_SIZE,
+      chunkCount: 64,
+      hashAlgorithm: 'sha256',
+      sourceEvent: 'manual',
+      createdAt: '2026-11-25T12:00:00.000Z',
+      bytesUploaded: MiB,
+      bytesTotal: 4 * MiB,
+    }),
+    planRestore: async ({ account, snapshotIds, targetHostId, avoidHostIds }) => {
+      const plan = defaultPlan('i-3');
+      const hostId = targetHostId ?? HOSTS.find((h) => h !== 'h-1' && !(avoidHostIds ?? []).includes(h))!;
+      return {
+        instanceId: 'i-3',
+        account,
+        fromHostId: 'h-1',
+        hostId,
+        resources: plan.resources,
+        workload: plan.workload,
+        volumes: plan.volumes.map(({ volumeId, sizeBytes, blockSize, userData }, n) => ({
+          volumeId,
+          sizeBytes,
+          blockSize,
+          userData,
+          snapshotId: snapshotIds[n] ?? snapshotIds[0],
+        })),
+      };
+    },
+    restoreVolume: async ({ volumeId }) => ({
+      volumeId,
+      bytesRestored: volumeId.endsWith('-a') ? 4 * MiB : 2 * MiB,
+    }),
+    startRestored: async () => ({ resumedAtSeq: 41 }),
+    dropInstance: async () => undefined,
+    discardRestored: async () => undefined,
   };
 }
 

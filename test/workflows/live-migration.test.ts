@@ -39,6 +39,12 @@ describe('liveMigration happy path', () => {
       `planMigration@${CONTROL_TASK_QUEUE}`,
       `reserveCapacity@${CONTROL_TASK_QUEUE}`,
       `prepareTarget@${host('h-2')}`,
+      // The pre-migration snapshot (a child workflow) of both instance-store volumes, on the source.
+      `planSnapshot@${CONTROL_TASK_QUEUE}`,
+      `snapshotVolume@${host('h-1')}`,
+      `snapshotVolume@${host('h-1')}`,
+      `retainSnapshots@${CONTROL_TASK_QUEUE}`,
+      `retainSnapshots@${CONTROL_TASK_QUEUE}`,
       `switchToTarget@${host('h-2')}`,
       `syncVolumeSlice@${host('h-2')}`,
       `syncVolumeSlice@${host('h-2')}`,
@@ -48,7 +54,22 @@ describe('liveMigration happy path', () => {
       `finalizeTarget@${host('h-2')}`,
       `releaseSource@${host('h-1')}`,
       `commitMigration@${CONTROL_TASK_QUEUE}`,
+      // Not asked to keep it: the snapshot goes once the migration has committed.
+      `deleteSnapshot@${CONTROL_TASK_QUEUE}`,
+      `deleteSnapshot@${CONTROL_TASK_QUEUE}`,
     ]);
+    const snapshotIds = bed.mocks
+      .callsTo('snapshotVolume')
+      .map((c) => (c.input as { snapshotId: string }).snapshotId);
+    expect(bed.mocks.callsTo('snapshotVolume')[0].input).toMatchObject({
+      account: 'acme',
+      instanceId: 'i-3',
+      volumeId: 'v-i-3-a',
+      event: `migration:${handle.workflowId}`,
+    });
+    expect(bed.mocks.callsTo('deleteSnapshot').map((c) => c.input)).toEqual(
+      snapshotIds.map((snapshotId) => ({ account: 'acme', snapshotId })),
+    );
     expect(bed.mocks.callsTo('reserveCapacity')[0].input).toMatchObject({
       key: handle.workflowId,
       hostId: 'h-2',
@@ -86,6 +107,7 @@ describe('liveMigration happy path', () => {
         'validating',
         'reserving',
         'instantiating',
+        'snapshotting',
         'switching',
         'syncing',
         'verifying',
@@ -273,7 +295,7 @@ describe('liveMigration before the switch', () => {
     bed.mocks.overrides.switchToTarget = async () => {
       throw invalidState('i-3 did not start on h-2');
     };
-    const handle = await startMigration({ instanceId: 'i-3', targetHostId: 'h-2' });
+    const handle = await startMigration({ instanceId: 'i-3', targetHostId: 'h-2', snapshot: false });
 
     expect(await failureOf(handle)).toMatchObject({ type: ErrorType.InvalidState });
     expect(bed.mocks.calls.map((c) => `${c.name}@${c.taskQueue}`)).toEqual([
@@ -285,6 +307,88 @@ describe('liveMigration before the switch', () => {
       `discardTarget@${host('h-2')}`,
       `releaseReservation@${CONTROL_TASK_QUEUE}`,
     ]);
+  });
+});
+
+describe('liveMigration with a pre-migration snapshot', () => {
+  it('keeps the snapshot when asked and skips it when turned off', async () => {
+    const kept = await (
+      await startMigration({ instanceId: 'i-3', targetHostId: 'h-2', keepSnapshot: true })
+    ).result();
+    expect(kept.snapshotIds).toHaveLength(2);
+    expect(bed.mocks.callsTo('deleteSnapshot')).toHaveLength(0);
+
+    bed.mocks.reset();
+    const plain = await (
+      await startMigration({ instanceId: 'i-3', targetHostId: 'h-2', snapshot: false })
+    ).result();
+    expect(plain.snapshotIds).toBeUndefined();
+    expect(bed.mocks.names().filter((n) => /napshot/.test(n))).toEqual([]);
+  });
+
+  it('a failed switch whose source takes the instance back rolls back, snapshot unused', async () => {
+    bed.mocks.overrides.switchToTarget = async () => {
+      throw invalidState('i-3 did not start on h-2');
+    };
+    const handle = await startMigration({ instanceId: 'i-3', targetHostId: 'h-2' });
+    expect(await failureOf(handle)).toMatchObject({ type: ErrorType.InvalidState });
+    expect(bed.mocks.callsTo('resumeInstance')).toHaveLength(1);
+    expect(bed.mocks.callsTo('planRestore')).toHaveLength(0);
+  });
+
+  it('a failed switch with a lost source restores the instance from its snapshot on a third host', async () => {
+    bed.mocks.overrides.switchToTarget = async () => {
+      throw invalidState('i-3 did not start on h-2');
+    };
+    bed.mocks.overrides.resumeInstance = async () => {
+      throw new Error('host h-1 does not answer');
+    };
+    bed.mocks.overrides.dropInstance = async () => {
+      throw new Error('host h-1 does not answer');
+    };
+    const handle = await startMigration({ instanceId: 'i-3', targetHostId: 'h-2' });
+    const result = await handle.result();
+    const snapshotIds = bed.mocks
+      .callsTo('snapshotVolume')
+      .map((c) => (c.input as { snapshotId: string }).snapshotId);
+
+    expect(result.restored).toMatchObject({
+      instanceId: 'i-3',
+      fromHostId: 'h-1',
+      hostId: 'h-3',
+      snapshotIds,
+      bytesRestored: 6 * MiB,
+      previousReleased: false,
+    });
+    expect(result.snapshotIds).toEqual(snapshotIds);
+    expect(bed.mocks.callsTo('planRestore')[0].input).toMatchObject({
+      account: 'acme',
+      snapshotIds,
+      avoidHostIds: ['h-1', 'h-2'],
+    });
+    const after = bed.mocks.calls.slice(bed.mocks.calls.findIndex((c) => c.name === 'switchToTarget'));
+    expect(after.map((c) => `${c.name}@${c.taskQueue}`)).toEqual([
+      `switchToTarget@${host('h-2')}`,
+      `resumeInstance@${host('h-1')}`,
+      `resumeInstance@${host('h-1')}`,
+      `resumeInstance@${host('h-1')}`,
+      `discardTarget@${host('h-2')}`,
+      `releaseReservation@${CONTROL_TASK_QUEUE}`,
+      `planRestore@${CONTROL_TASK_QUEUE}`,
+      `reserveCapacity@${CONTROL_TASK_QUEUE}`,
+      `restoreVolume@${host('h-3')}`,
+      `restoreVolume@${host('h-3')}`,
+      `dropInstance@${host('h-1')}`,
+      `dropInstance@${host('h-1')}`,
+      `dropInstance@${host('h-1')}`,
+      `startRestored@${host('h-3')}`,
+      `commitMigration@${CONTROL_TASK_QUEUE}`,
+    ]);
+    expect(bed.mocks.callsTo('commitMigration')[0].input).toMatchObject({
+      sourceHostId: 'h-1',
+      targetHostId: 'h-3',
+    });
+    expect(bed.mocks.callsTo('deleteSnapshot')).toHaveLength(0);
   });
 });
 
@@ -318,7 +422,7 @@ describe('liveMigration after the switch', () => {
     expect((await handle.describe()).status.name).toBe('COMPLETED');
     const names = bed.mocks.names();
     expect(names).toContain('releaseSource');
-    expect(names.slice(-2)).toEqual(['releaseSource', 'commitMigration']);
+    expect(names.slice(-4)).toEqual(['releaseSource', 'commitMigration', 'deleteSnapshot', 'deleteSnapshot']);
     expect(names).not.toContain('discardTarget');
     expect(names).not.toContain('releaseReservation');
     expect((await handle.describe()).typedSearchAttributes.get(PhaseKey)).toBe('completed');
