@@ -4,6 +4,8 @@ import { CliContext } from './cli/context';
 import { errorLine, exitCodeFor } from './cli/errors';
 import { registerFleet } from './cli/fleet';
 import { registerMigrate } from './cli/migrate';
+import { registerRestore } from './cli/restore';
+import { registerSnapshot } from './cli/snapshot';
 import { registerUp } from './cli/up';
 import { registerVolume } from './cli/volume';
 import { registerWatch } from './cli/watch';
@@ -23,6 +25,8 @@ export function buildProgram(): Command {
   registerMigrate(program);
   registerWatch(program);
   registerVolume(program);
+  registerSnapshot(program);
+  registerRestore(program);
   // Subcommands inherit the error handling (exitOverride and output are not inherited by default).
   const inherit = (command: Command) => {
     for (const sub of command.commands) {

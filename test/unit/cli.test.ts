@@ -5,10 +5,34 @@ import path from 'node:path';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ActivityFailure, RetryState } from '@temporalio/common';
+import { main } from '../../src/cli';
 import { errorLine } from '../../src/cli/errors';
+import { migrationInput, migrationOutcome, restoredLine } from '../../src/cli/migrate';
+import { restoreInput, restoreProgressLine, restoreRequest, restoreSummary } from '../../src/cli/restore';
 import { parseCount, parseRate, parseSize } from '../../src/cli/sizes';
+import {
+  deleteResultText,
+  deleteSnapshotRequest,
+  parseKeep,
+  snapshotInput,
+  snapshotProgressLine,
+  snapshotRequest,
+  snapshotResultText,
+  snapshotWorkflowId,
+} from '../../src/cli/snapshot';
 import { operationId } from '../../src/cli/start';
-import { formatBytes, formatDuration, ID_PATTERN } from '../../src/contracts';
+import {
+  formatBytes,
+  formatDuration,
+  ID_PATTERN,
+  type LiveMigrationResult,
+  type RestoreInstanceResult,
+  type SnapshotInfo,
+  type SnapshotUploadMeta,
+} from '../../src/contracts';
+import { FileObjectStore, objectStoreRoot } from '../../src/fleet/object-store';
+import { patternBytes } from '../../src/fleet/pattern';
+import { SnapshotStore } from '../../src/fleet/snapshot-store';
 import { dataDir, resolveTemporal, workflowListUrl, workflowUrl } from '../../src/temporal/connection';
 import { freePort } from '../../src/temporal/ports';
 import { version } from '../../package.json';
@@ -210,6 +234,34 @@ describe('rehome CLI errors', () => {
     expectOneLine(missing, /required option '--to <hostId>' not specified/);
   });
 
+  test('bad snapshot, restore and migrate arguments fail before Temporal is contacted', async () => {
+    // Nobody listens on this port: reaching Temporal would fail with "cannot reach Temporal" instead.
+    const port = await freePort();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-cli-'));
+    try {
+      const env = { TEMPORAL_ADDRESS: `127.0.0.1:${port}` };
+      const run = (...args: string[]) => rehome([...args, '--data-dir', dir], env);
+      // Six processes at once: each is a full CLI start; the finer cases are unit-tested below.
+      const [id, keep, account, noAccount, noIds, both] = await Promise.all([
+        run('snapshot', 'create', '../x'),
+        run('snapshot', 'create', 'i-3', '--keep', '0'),
+        run('restore', 'snap-1', '--account', 'Acct_1'),
+        run('snapshot', 'delete', 'snap-1'),
+        run('restore', '--account', 'acct-1'),
+        run('migrate', 'i-3', '--to', 'h-2', '--no-snapshot', '--keep-snapshot'),
+      ]);
+      expectOneLine(id, /instance id "\.\.\/x" is not a valid id/);
+      expectOneLine(keep, /--keep "0" is not valid: give a whole number >= 1/);
+      expectOneLine(account, /--account "Acct_1" is not a valid id/);
+      expectOneLine(noAccount, /required option '--account <account>' not specified/);
+      expectOneLine(noIds, /missing required argument 'snapshotId'/);
+      expectOneLine(both, /--keep-snapshot needs the snapshot that --no-snapshot turns off/);
+      for (const r of [id, keep, account, noAccount, noIds, both]) expect(r.stderr).not.toMatch(/Temporal/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('no server: one line that says how to start one', async () => {
     const port = await freePort();
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-cli-'));
@@ -256,6 +308,8 @@ describe('rehome CLI errors', () => {
     expect(result.code).toBe(0);
     expect(result.stdout).toMatch(/Usage: rehome/);
     expect(result.stdout).toMatch(/migrate \[options\] <instanceId>/);
+    expect(result.stdout).toMatch(/snapshot/);
+    expect(result.stdout).toMatch(/restore \[options\] <snapshotId\.\.\.>/);
   });
 
   test("`npx rehome` runs the project's own bin without asking a registry", async () => {
@@ -281,3 +335,380 @@ describe('rehome CLI errors', () => {
     }
   });
 });
+
+describe('snapshot and restore requests', () => {
+  test('snapshot create: event defaults to manual; account and --keep are passed only when given', () => {
+    expect(snapshotInput('i-3', {})).toEqual({ instanceId: 'i-3', event: 'manual' });
+    expect(snapshotInput('i-3', { account: 'acct-1', keep: 5, event: 'maintenance:mw-42' })).toEqual({
+      instanceId: 'i-3',
+      event: 'maintenance:mw-42',
+      account: 'acct-1',
+      keepLast: 5,
+    });
+    expect(() => snapshotInput('I-3', {})).toThrow(/instance id "I-3" is not a valid id/);
+    expect(() => snapshotInput('i-3', { account: '../a' })).toThrow(/--account "\.\.\/a" is not a valid id/);
+    expect(() => snapshotInput('i-3', { event: 'a b' })).toThrow(/--event "a b" is not valid/);
+  });
+
+  test('--keep is a whole number from 1 to 1000', () => {
+    expect(parseKeep('1')).toBe(1);
+    expect(parseKeep('1000')).toBe(1000);
+    expect(() => parseKeep('0')).toThrow('--keep "0" is not valid: give a whole number >= 1');
+    expect(() => parseKeep('2.5')).toThrow(/--keep "2.5" is not valid/);
+    expect(() => parseKeep('three')).toThrow(/--keep "three" is not valid/);
+    expect(() => parseKeep('1001')).toThrow(/--keep 1001 is out of range/);
+  });
+
+  test('snapshot create starts preMigrationSnapshot labelled like a migration', () => {
+    const input = snapshotInput('i-3', { account: 'acct-1' });
+    const request = snapshotRequest(input, { hostId: 'h-1', account: 'acct-1' });
+    expect(request).toMatchObject({
+      type: 'preMigrationSnapshot',
+      args: [{ instanceId: 'i-3', event: 'manual', account: 'acct-1' }],
+      summary: 'snapshot i-3 on h-1 (manual)',
+      visibility: {
+        operation: 'pre-migration-snapshot',
+        instanceId: 'i-3',
+        hostId: 'h-1',
+        account: 'acct-1',
+        phase: 'validating',
+      },
+    });
+    expect(request.workflowId).toMatch(/^snapshot-i-3-[0-9a-z]+$/);
+    expect(request.workflowId).toMatch(ID_PATTERN);
+    expect(snapshotWorkflowId('i-3', 1_700_000_000_000)).toBe(
+      `snapshot-i-3-${(1_700_000_000_000).toString(36)}`,
+    );
+    // Without an inventory the account still labels the workflow when the operator gave it.
+    const bare = snapshotRequest(snapshotInput('i-4', {}));
+    expect(bare.visibility).toEqual({
+      operation: 'pre-migration-snapshot',
+      instanceId: 'i-4',
+      hostId: undefined,
+      account: undefined,
+      phase: 'validating',
+    });
+    expect(bare.summary).toBe('snapshot i-4 (manual)');
+  });
+
+  test('restore takes one snapshot per volume, the account and an optional host', () => {
+    expect(restoreInput(['snap-1', 'snap-2'], { account: 'acct-1' })).toEqual({
+      account: 'acct-1',
+      snapshotIds: ['snap-1', 'snap-2'],
+    });
+    const input = restoreInput(['snap-1'], { account: 'acct-1', host: 'h-3' });
+    expect(input).toEqual({ account: 'acct-1', snapshotIds: ['snap-1'], targetHostId: 'h-3' });
+    expect(() => restoreInput(['snap-1', 'Snap 2'], { account: 'acct-1' })).toThrow(
+      /snapshot id "Snap 2" is not a valid id/,
+    );
+    expect(() => restoreInput(['snap-1'], { account: 'ACCT' })).toThrow(/--account "ACCT" is not a valid id/);
+    expect(() => restoreInput(['snap-1'], { account: 'acct-1', host: 'H/2' })).toThrow(
+      /--host "H\/2" is not a valid id/,
+    );
+    expect(() => restoreInput(['snap-1', 'snap-1'], { account: 'acct-1' })).toThrow(/given twice/);
+    const many = Array.from({ length: 65 }, (_, n) => `snap-${n}`);
+    expect(() => restoreInput(many, { account: 'acct-1' })).toThrow(/restore takes 1 to 64/);
+
+    const known = restoreRequest(input, [snapshotInfo('snap-1', 'i-7', 'i-7-v1')]);
+    expect(known).toMatchObject({
+      type: 'restoreInstance',
+      args: [{ account: 'acct-1', snapshotIds: ['snap-1'], targetHostId: 'h-3' }],
+      summary: 'restore i-7 from snap-1 → h-3',
+      visibility: {
+        operation: 'restore-instance',
+        instanceId: 'i-7',
+        hostId: 'h-3',
+        account: 'acct-1',
+        phase: 'validating',
+      },
+    });
+    expect(known.workflowId).toMatch(/^restore-i-7-[0-9a-z]+$/);
+    const unknown = restoreRequest(restoreInput(['snap-1'], { account: 'acct-1' }));
+    expect(unknown.workflowId).toMatch(/^restore-snap-1-[0-9a-z]+$/);
+    expect(unknown.summary).toBe('restore from snap-1 → a placed host');
+    expect(unknown.visibility.instanceId).toBeUndefined();
+  });
+
+  test('snapshot delete starts deleteSnapshot for the account', () => {
+    const request = deleteSnapshotRequest(
+      { account: 'acct-1', snapshotId: 'snap-1' },
+      snapshotInfo('snap-1', 'i-7', 'i-7-v1'),
+    );
+    expect(request).toMatchObject({
+      type: 'deleteSnapshot',
+      args: [{ account: 'acct-1', snapshotId: 'snap-1' }],
+      summary: 'delete snapshot snap-1 of i-7-v1 (i-7)',
+      visibility: { operation: 'delete-snapshot', instanceId: 'i-7', account: 'acct-1' },
+    });
+    expect(request.workflowId).toMatch(/^snapshot-delete-snap-1-[0-9a-z]+$/);
+  });
+
+  test('migrate: --no-snapshot and --keep-snapshot reach the input only when given', () => {
+    const base = { to: 'h-2', snapshot: true };
+    expect(migrationInput('i-3', base)).toEqual({
+      instanceId: 'i-3',
+      targetHostId: 'h-2',
+      bandwidthBytesPerSec: 0,
+    });
+    expect(migrationInput('i-3', { ...base, snapshot: false })).toMatchObject({ snapshot: false });
+    expect(migrationInput('i-3', { ...base, keepSnapshot: true })).toEqual({
+      instanceId: 'i-3',
+      targetHostId: 'h-2',
+      bandwidthBytesPerSec: 0,
+      keepSnapshot: true,
+    });
+    expect(() => migrationInput('i-3', { to: 'h-2', snapshot: false, keepSnapshot: true })).toThrow(
+      /--keep-snapshot needs the snapshot/,
+    );
+    expect(() => migrationInput('i-3', { ...base, to: 'H2' })).toThrow(
+      /target host id "H2" is not a valid id/,
+    );
+  });
+
+  test('a migration that ended in a restore says so, where, and from which snapshot', () => {
+    const restored: RestoreInstanceResult = {
+      instanceId: 'i-3',
+      account: 'acct-1',
+      fromHostId: 'h-1',
+      hostId: 'h-4',
+      snapshotIds: ['snap-a1'],
+      bytesRestored: 64 * 1024 ** 2,
+      previousReleased: false,
+    };
+    const migrated = migrationResult();
+    expect(restoredLine(migrated)).toBeUndefined();
+    expect(migrationOutcome(migrated)).toMatch(/h-1 → h-2/);
+    expect(migrationOutcome({ ...migrated, snapshotIds: ['snap-a1'] })).toMatch(
+      /pre-migration snapshot kept: snap-a1/,
+    );
+    const result = { ...migrated, snapshotIds: ['snap-a1'], restored };
+    expect(restoredLine(result)).toBe(
+      'i-3 was restored from snapshot snap-a1 on host h-4 instead of migrated: the switch to h-2 failed and h-1 was lost (writes after the snapshot are lost)',
+    );
+    const text = migrationOutcome(result);
+    expect(text.split('\n')[0]).toBe(restoredLine(result));
+    expect(text).toMatch(/64 MiB/);
+    expect(text).toMatch(/not released: h-1 did not answer/);
+    expect(restoreSummary({ ...restored, previousReleased: true })).toMatch(/released on h-1/);
+  });
+
+  test('progress and results read as one line per step', () => {
+    expect(
+      snapshotProgressLine({
+        phase: 'snapshotting',
+        instanceId: 'i-3',
+        volumesDone: 1,
+        volumesTotal: 2,
+        bytesUploaded: 3 * 1024 ** 2,
+      }),
+    ).toBe('snapshotting 1/2 volumes, 3 MiB uploaded');
+    expect(
+      restoreProgressLine({
+        phase: 'restoring',
+        instanceId: 'i-3',
+        hostId: 'h-4',
+        volumesDone: 0,
+        volumesTotal: 1,
+        bytesRestored: 0,
+      }),
+    ).toBe('restoring i-3 on h-4, 0/1 volumes, 0 B restored');
+    expect(
+      restoreProgressLine({
+        phase: 'validating',
+        instanceId: '',
+        hostId: '',
+        volumesDone: 0,
+        volumesTotal: 0,
+        bytesRestored: 0,
+      }),
+    ).toBe('validating, 0 B restored');
+    const snapshot = { ...snapshotInfo('snap-1', 'i-3', 'i-3-v1'), atSeq: 17, pausedMs: 4.2 };
+    const text = snapshotResultText({
+      instanceId: 'i-3',
+      account: 'acct-1',
+      hostId: 'h-1',
+      snapshots: [snapshot],
+      retired: ['snap-0'],
+    });
+    expect(text).toMatch(/snapshot of i-3 \(acct-1\) on h-1: 128 KiB uploaded/);
+    expect(text).toMatch(/snap-1 .* i-3-v1 .* 256 KiB .* 128 KiB .* 4 ms/);
+    expect(text).toMatch(/retired .*: snap-0/);
+    expect(
+      snapshotResultText({
+        instanceId: 'i-3',
+        account: 'acct-1',
+        hostId: 'h-1',
+        snapshots: [],
+        retired: [],
+        skipped: 'instance i-3 has no instance-store volumes: nothing to snapshot',
+      }),
+    ).toBe('instance i-3 has no instance-store volumes: nothing to snapshot');
+    const gc = { packsDeleted: 1, packsRepacked: 0, bytesFreed: 2 * 1024 ** 2, bytesLive: 0 };
+    expect(deleteResultText({ snapshotId: 'snap-1', deleted: true, gc })).toBe(
+      'deleted snap-1; 2 MiB of unreferenced chunks freed',
+    );
+    expect(
+      deleteResultText({ snapshotId: 'snap-1', deleted: false, gc: { ...gc, skipped: 'upload open' } }),
+    ).toBe('snap-1 was already deleted; unreferenced chunks not collected yet (upload open)');
+  });
+});
+
+describe('rehome snapshot list and show over a snapshot store', () => {
+  const KiB = 1024;
+  let dir: string;
+  let out: string[];
+  let err: string[];
+
+  async function commit(store: SnapshotStore, meta: SnapshotUploadMeta): Promise<void> {
+    const writer = await store.openUpload(meta);
+    await writer.putBlocks(0, patternBytes(meta.snapshotId, meta.sizeBytes));
+    await writer.commit();
+  }
+
+  beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-cli-snapshots-'));
+    const store = new SnapshotStore(new FileObjectStore(objectStoreRoot(dir)));
+    try {
+      const base = { sizeBytes: 256 * KiB, blockSize: 64 * KiB, sourceEvent: 'manual' };
+      await commit(store, {
+        ...base,
+        snapshotId: 'snap-a',
+        account: 'acct-1',
+        instanceId: 'i-1',
+        volumeId: 'i-1-v1',
+        createdAt: '2025-03-01T10:00:00.000Z',
+      });
+      await commit(store, {
+        ...base,
+        snapshotId: 'snap-b',
+        account: 'acct-1',
+        instanceId: 'i-2',
+        volumeId: 'i-2-v1',
+        sourceEvent: 'migration:migrate-i-2-to-h-3-x',
+        createdAt: '2025-03-02T10:00:00.000Z',
+      });
+      await commit(store, {
+        ...base,
+        snapshotId: 'snap-c',
+        account: 'acct-2',
+        instanceId: 'i-9',
+        volumeId: 'i-9-v1',
+        createdAt: '2025-03-03T10:00:00.000Z',
+      });
+    } finally {
+      await store.close();
+    }
+  });
+
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  beforeEach(() => {
+    out = [];
+    err = [];
+    jest.spyOn(console, 'log').mockImplementation((line: unknown) => void out.push(String(line)));
+    jest.spyOn(console, 'error').mockImplementation((line: unknown) => void err.push(String(line)));
+  });
+  afterEach(() => jest.restoreAllMocks());
+
+  const rehome = (...args: string[]) => main(['node', 'rehome', ...args, '--data-dir', dir]);
+
+  test("list shows only the account's snapshots, newest first, and filters by instance", async () => {
+    expect(await rehome('snapshot', 'list', '--account', 'acct-1', '--json')).toBe(0);
+    const listed = JSON.parse(out.join('\n')) as SnapshotInfo[];
+    expect(listed.map((s) => s.snapshotId)).toEqual(['snap-b', 'snap-a']);
+    expect(listed[0]).toMatchObject({ instanceId: 'i-2', sizeBytes: 256 * KiB, chunkCount: 4 });
+    expect(listed[0]).not.toHaveProperty('chunks');
+
+    out = [];
+    expect(await rehome('snapshot', 'list', '--account', 'acct-1', '--instance', 'i-1', '--json')).toBe(0);
+    expect((JSON.parse(out.join('\n')) as SnapshotInfo[]).map((s) => s.snapshotId)).toEqual(['snap-a']);
+
+    out = [];
+    expect(await rehome('snapshot', 'list', '--account', 'acct-1')).toBe(0);
+    const table = out.join('\n');
+    expect(table).toMatch(/snapshot .* instance .* volume .* size .* uploaded .* event .* created/);
+    expect(table).toMatch(/snap-b .* i-2 .* i-2-v1 .* 256 KiB .* 256 KiB .* migration:migrate-i-2-to-h-3-x/);
+    expect(table).toMatch(/snap-a .* i-1/);
+    expect(table).not.toMatch(/snap-c/);
+
+    out = [];
+    expect(await rehome('snapshot', 'list', '--account', 'acct-3')).toBe(0);
+    expect(out).toEqual(['no snapshots of account acct-3 match']);
+    expect(err).toEqual([]);
+  });
+
+  test('show describes one snapshot with its chunk count but not its chunks', async () => {
+    expect(await rehome('snapshot', 'show', 'snap-a', '--account', 'acct-1', '--json')).toBe(0);
+    const info = JSON.parse(out.join('\n')) as SnapshotInfo;
+    expect(info).toMatchObject({
+      snapshotId: 'snap-a',
+      account: 'acct-1',
+      volumeId: 'i-1-v1',
+      chunkCount: 4,
+    });
+    expect(info).not.toHaveProperty('chunks');
+
+    out = [];
+    expect(await rehome('snapshot', 'show', 'snap-a', '--account', 'acct-1')).toBe(0);
+    expect(out.join('\n')).toMatch(/chunks .* 4 × 64 KiB \(sha256\)/);
+  });
+
+  test('another account is refused with one line, and so is a missing store', async () => {
+    expect(await rehome('snapshot', 'show', 'snap-a', '--account', 'acct-2')).toBe(1);
+    expect(err).toEqual(['rehome: snapshot snap-a does not belong to account acct-2']);
+    expect(out).toEqual([]);
+
+    err = [];
+    expect(await rehome('snapshot', 'show', 'snap-zz', '--account', 'acct-1')).toBe(1);
+    expect(err).toHaveLength(1);
+    expect(err[0]).toMatch(/^rehome: snapshot snap-zz not found for account acct-1/);
+
+    err = [];
+    const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-cli-empty-'));
+    try {
+      expect(
+        await main(['node', 'rehome', 'snapshot', 'list', '--account', 'acct-1', '--data-dir', empty]),
+      ).toBe(1);
+      expect(err).toHaveLength(1);
+      expect(err[0]).toMatch(
+        /^rehome: no snapshot store in .*: snapshots are taken with `rehome snapshot create/,
+      );
+    } finally {
+      fs.rmSync(empty, { recursive: true, force: true });
+    }
+  });
+});
+
+function snapshotInfo(snapshotId: string, instanceId: string, volumeId: string): SnapshotInfo {
+  return {
+    snapshotId,
+    account: 'acct-1',
+    instanceId,
+    volumeId,
+    sizeBytes: 256 * 1024,
+    blockSize: 64 * 1024,
+    chunkSize: 64 * 1024,
+    chunkCount: 4,
+    hashAlgorithm: 'sha256',
+    sourceEvent: 'manual',
+    createdAt: '2025-03-01T10:00:00.000Z',
+    bytesUploaded: 128 * 1024,
+    bytesTotal: 256 * 1024,
+  };
+}
+
+function migrationResult(): LiveMigrationResult {
+  return {
+    instanceId: 'i-3',
+    account: 'acct-1',
+    sourceHostId: 'h-1',
+    targetHostId: 'h-2',
+    downtimeMs: 12,
+    bytesCopied: 1024,
+    bytesReadThrough: 0,
+    durationMs: 3000,
+    blocksVerified: 4,
+    blocksWrittenOnTarget: 0,
+    cancelRefused: false,
+  };
+}
