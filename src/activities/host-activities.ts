@@ -100,8 +100,10 @@ function captureReader(capture: VolumeCapture): ReadAt {
     }
     const first = position / capture.blockSize;
     const count = Math.min(Math.ceil(target.length / capture.blockSize), capture.blockCount - first);
-    const data = await capture.readBlocks(first, count);
-    return data.copy(target, 0, 0, Math.min(data.length, target.length));
+    const data = await capture.readBlocks(first, count, { into: target });
+    return data.buffer === target.buffer && data.byteOffset === target.byteOffset
+      ? data.length
+      : data.copy(target, 0, 0, Math.min(data.length, target.length));
   };
 }
 

@@ -4,7 +4,7 @@
  */
 
 /** Content addressing: every chunk is named by this hash of its bytes (64 hex characters). */
-export const SNAPSHOT_HASH_ALGORITHM = 'sha256';
+export const SNAPSHOT_HASH_ALGORITHM = 'blake3';
 export type SnapshotHashAlgorithm = typeof SNAPSHOT_HASH_ALGORITHM;
 
 /** Snapshots kept per volume when the caller does not say (retention). */

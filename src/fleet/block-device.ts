@@ -6,7 +6,8 @@ export interface BlockDevice {
   readonly volumeId: string;
   readonly sizeBytes: number;
   readonly blockSize: number;
-  read(offset: number, length: number): Promise<Buffer>;
+  /** `into`, when given and large enough, receives the bytes (the result is a view of it): no allocation. */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   write(offset: number, data: Buffer): Promise<void>;
   close(): Promise<void>;
 }

@@ -1,8 +1,8 @@
-import { createHash } from 'node:crypto';
+import { blake3 } from '@napi-rs/blake-hash';
 import * as os from 'node:os';
 import { Worker } from 'node:worker_threads';
 
-/** Bytes of one chunk hash (sha256). */
+/** Bytes of one chunk hash (BLAKE3, 256 bits). */
 export const HASH_BYTES = 32;
 
 /** Below this, hashing on the calling thread is cheaper than a round trip to a worker. */
@@ -12,8 +12,8 @@ const TASK_BYTES = 2 * 1024 * 1024;
 
 // Plain JavaScript evaluated in the worker, so it runs the same under ts-node, ts-jest and tsc output.
 const WORKER_SOURCE = `
-const { parentPort } = require('node:worker_threads');
-const { createHash } = require('node:crypto');
+const { parentPort, workerData } = require('node:worker_threads');
+const { blake3 } = require(workerData.blake);
 parentPort.on('message', ({ id, sab, offset, length, chunkSize }) => {
   try {
     const data = Buffer.from(sab, offset, length);
@@ -21,7 +21,7 @@ parentPort.on('message', ({ id, sab, offset, length, chunkSize }) => {
     const out = Buffer.allocUnsafeSlow(32 * n);
     for (let i = 0; i < n; i++) {
       const end = Math.min(length, (i + 1) * chunkSize);
-      createHash('sha256').update(data.subarray(i * chunkSize, end)).digest().copy(out, 32 * i);
+      blake3(data.subarray(i * chunkSize, end)).copy(out, 32 * i);
     }
     parentPort.postMessage({ id, out }, [out.buffer]);
   } catch (err) {
@@ -45,22 +45,27 @@ interface Slot {
   task?: Task;
 }
 
-export function sha256Chunks(data: Buffer, chunkSize: number): Buffer {
+/** The name (hex) a chunk is stored under. */
+export function chunkHash(data: Buffer): string {
+  return blake3(data).toString('hex');
+}
+
+export function chunkHashes(data: Buffer, chunkSize: number): Buffer {
   const n = Math.ceil(data.length / chunkSize);
   const out = Buffer.allocUnsafe(HASH_BYTES * n);
   for (let i = 0; i < n; i++) {
     const chunk = data.subarray(i * chunkSize, Math.min(data.length, (i + 1) * chunkSize));
-    createHash('sha256')
-      .update(chunk)
-      .digest()
-      .copy(out, HASH_BYTES * i);
+    blake3(chunk).copy(out, HASH_BYTES * i);
   }
   return out;
 }
 
 /**
- * sha256 of every chunk of a buffer, on worker threads: one core hashes about 1.1 GB/s here, less
- * than a disk copy, and the calling thread must stay free to drive the reads and writes.
+ * BLAKE3 of every chunk of a buffer, on worker threads. BLAKE3 rather than sha256: collision
+ * resistant all the same (chunks are named by it), and about 2.8 GB/s per core here against
+ * sha256's 1.3 (with SHA-NI), which makes it the difference between a snapshot keeping up with a
+ * disk copy or not. Still on workers: the calling thread must stay free to drive the reads and
+ * writes.
  * Buffers from sharedBuffer() reach the workers without a copy; others are copied once.
  * Idle workers do not keep the process alive; close() stops them.
  */
@@ -80,7 +85,7 @@ export class ChunkHasher {
   /** HASH_BYTES per chunk, in order; the last chunk may be shorter than chunkSize. */
   async hashChunks(data: Buffer, chunkSize: number): Promise<Buffer> {
     if (this.closed) throw new Error('chunk hasher is closed');
-    if (data.length <= INLINE_BYTES || this.workerCount < 1) return sha256Chunks(data, chunkSize);
+    if (data.length <= INLINE_BYTES || this.workerCount < 1) return chunkHashes(data, chunkSize);
     let shared = data;
     if (!(data.buffer instanceof SharedArrayBuffer)) {
       shared = ChunkHasher.sharedBuffer(data.length);
@@ -122,7 +127,13 @@ export class ChunkHasher {
   }
 
   private spawn(): void {
-    const slot: Slot = { worker: new Worker(WORKER_SOURCE, { eval: true }) };
+    const slot: Slot = {
+      worker: new Worker(WORKER_SOURCE, {
+        eval: true,
+        // An eval'd worker resolves modules from the working directory: give it the path.
+        workerData: { blake: require.resolve('@napi-rs/blake-hash') },
+      }),
+    };
     slot.worker.unref();
     slot.worker.on('message', (msg: { id: number; out?: Uint8Array; error?: string }) => {
       const task = slot.task;

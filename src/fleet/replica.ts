@@ -12,7 +12,7 @@ import {
   type VolumeMeta,
 } from './host-store';
 import { BlockState, SyncMap } from './sync-map';
-import { checkByteRange, rangeBytes, readFully, writeFully } from './volume';
+import { bufferFor, checkByteRange, rangeBytes, readFully, writeFully } from './volume';
 
 export interface CopyOptions {
   /** Block to start looking at (the last heartbeated cursor); the copy wraps around to pick up earlier gaps. */
@@ -281,10 +281,10 @@ export class ReplicaVolume implements BlockDevice {
     return this.map.counters();
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     this.checkOpen();
     checkByteRange(this, 'read', offset, length);
-    const out = Buffer.allocUnsafe(length);
+    const out = bufferFor(length, into);
     if (length === 0) return out;
     const b0 = Math.floor(offset / this.blockSize);
     const b1 = Math.floor((offset + length - 1) / this.blockSize);

@@ -20,7 +20,7 @@ import {
   type SnapshotRetainResult,
   type SnapshotUploadMeta,
 } from '../contracts';
-import { ChunkHasher, HASH_BYTES } from './chunk-hasher';
+import { chunkHash, ChunkHasher, HASH_BYTES } from './chunk-hasher';
 import {
   AccountChunkIndex,
   encodePackIndex,
@@ -30,7 +30,6 @@ import {
   type PackEntry,
   type PackInfo,
 } from './chunk-pack';
-import { sha256Hex } from './hashing';
 import type { ObjectStore } from './object-store';
 import { SnapshotLocks } from './snapshot-locks';
 
@@ -612,7 +611,7 @@ export class SnapshotStore {
     const data = await this.objects.get(packKey(account, packId));
     if (!data) return false;
     const chunks = entries.map((e) => ({ hash: e.hash, data: data.subarray(e.offset, e.offset + e.length) }));
-    if (chunks.some((c) => sha256Hex(c.data) !== c.hash)) return false;
+    if (chunks.some((c) => chunkHash(c.data) !== c.hash)) return false;
     await this.storePacks(account, chunks);
     await this.deletePack(account, packId);
     return true;

@@ -44,6 +44,8 @@ export interface ReadCaptureOptions {
    * retry storing them); call `release` once they are safe. Default false: released on read.
    */
   keep?: boolean;
+  /** Read into this buffer when it is large enough (the result is then a view of it). */
+  into?: Buffer;
 }
 
 export const DEFAULT_CAPTURE_MEMORY_BYTES = 16 * 1024 * 1024;
@@ -203,7 +205,7 @@ export class VolumeCapture {
       volumeId: device.volumeId,
       sizeBytes: device.sizeBytes,
       blockSize: device.blockSize,
-      read: (offset, length) => this.inner.read(offset, length),
+      read: (offset, length, into) => this.inner.read(offset, length, into),
       write: (offset, data) => this.write(offset, data),
       // The agent owns the device: closing what the workload holds must not close it under the capture.
       close: async () => undefined,
@@ -276,7 +278,7 @@ export class VolumeCapture {
         }
       }
       // Pending blocks are as they were at the instant: any write to them waits for this lock.
-      const out = await this.inner.read(first * this.blockSize, rangeBytes(this, first, count));
+      const out = await this.inner.read(first * this.blockSize, rangeBytes(this, first, count), opts.into);
       for (let b = first; b <= last; b++) {
         if (this.state[b] !== PRESERVED) continue;
         const at = (b - first) * this.blockSize;

@@ -650,7 +650,7 @@ describe('rehome snapshot list and show over a snapshot store', () => {
 
     out = [];
     expect(await rehome('snapshot', 'show', 'snap-a', '--account', 'acct-1')).toBe(0);
-    expect(out.join('\n')).toMatch(/chunks .* 4 × 64 KiB \(sha256\)/);
+    expect(out.join('\n')).toMatch(/chunks .* 4 × 64 KiB \(blake3\)/);
   });
 
   test('another account is refused with one line, and so is a missing store', async () => {
@@ -689,7 +689,7 @@ function snapshotInfo(snapshotId: string, instanceId: string, volumeId: string):
     blockSize: 64 * 1024,
     chunkSize: 64 * 1024,
     chunkCount: 4,
-    hashAlgorithm: 'sha256',
+    hashAlgorithm: 'blake3',
     sourceEvent: 'manual',
     createdAt: '2025-03-01T10:00:00.000Z',
     bytesUploaded: 128 * 1024,

@@ -113,7 +113,7 @@ describe('SnapshotStore', () => {
       blockSize: BLOCK,
       chunkSize: BLOCK,
       chunkCount: 65,
-      hashAlgorithm: 'sha256',
+      hashAlgorithm: 'blake3',
       sourceEvent: 'migration:m-7',
       createdAt: '2025-03-01T10:00:00.000Z',
       bytesUploaded: sizeBytes,
@@ -189,7 +189,7 @@ describe('SnapshotStore', () => {
     await expectFailure(
       store.readChunks('acct-1', 'snap-1', 4, 3),
       ErrorType.DataIntegrity,
-      new RegExp(`snapshot snap-1 chunk 5 is corrupt: .*expected sha256 ${manifest.chunks[5]}`),
+      new RegExp(`snapshot snap-1 chunk 5 is corrupt: .*expected blake3 ${manifest.chunks[5]}`),
     );
     const iterate = async () => {
       for await (const part of store.readAll('acct-1', 'snap-1')) expect(part).toBeDefined();
@@ -204,7 +204,7 @@ describe('SnapshotStore', () => {
     await expectFailure(
       store.readChunks('acct-1', 'snap-1', 0, 1),
       ErrorType.DataIntegrity,
-      new RegExp(`snapshot snap-1 chunk 0 \\(sha256 ${manifest.chunks[0]}\\) is (missing|truncated)`),
+      new RegExp(`snapshot snap-1 chunk 0 \\(blake3 ${manifest.chunks[0]}\\) is (missing|truncated)`),
     );
   });
 

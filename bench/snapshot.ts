@@ -1,0 +1,150 @@
+/**
+ * bench:snapshot — pre-migration snapshots of a running instance's 1 GiB volume through the real
+ * workflow, worker and snapshot store: (a) a full snapshot (end to end, from the client) vs `cp` of
+ * the same image on the same disk, three times each (the snapshot is deleted in between so the next
+ * one is full again); (b) the pause each snapshot's instant cost the running workload; (c) a second
+ * snapshot after about 1% of the volume's blocks were written, and the share of the volume it uploaded.
+ * Last line: one JSON object.
+ */
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  CONTROL_TASK_QUEUE,
+  GiB,
+  type FleetLayout,
+  type PreMigrationSnapshotResult,
+  type SnapshotDeleteResult,
+} from '../src/contracts';
+import { HostStore } from '../src/fleet/host-store';
+import { readWorkloadLog } from '../src/fleet/workload-log';
+import { installCliRuntime } from '../src/worker';
+import { startCluster, type TestCluster } from '../test/helpers/cluster';
+
+const RUNS = 3;
+/** Slow enough that the writes landing during one snapshot stay well under 1% of the blocks. */
+const WORKLOAD = { writeBytesPerSec: 256 * 1024, writeSize: 4096 };
+const CHANGED_FRACTION = 0.01;
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+let runs = 0;
+async function snapshot(cluster: TestCluster, instanceId: string) {
+  const t0 = performance.now();
+  const result = (await cluster.client.workflow.execute('preMigrationSnapshot', {
+    taskQueue: CONTROL_TASK_QUEUE,
+    workflowId: `bench-snapshot-${Date.now()}-${runs++}`,
+    args: [{ instanceId, event: 'manual', keepLast: 10 }],
+  })) as PreMigrationSnapshotResult;
+  return { result, ms: performance.now() - t0, snapshot: result.snapshots[0] };
+}
+
+async function deleteSnapshot(cluster: TestCluster, account: string, snapshotId: string) {
+  return (await cluster.client.workflow.execute('deleteSnapshot', {
+    taskQueue: CONTROL_TASK_QUEUE,
+    workflowId: `bench-delete-${snapshotId}`,
+    args: [{ account, snapshotId }],
+  })) as SnapshotDeleteResult;
+}
+
+function cpMs(image: string): number {
+  const copy = path.join(path.dirname(image), 'cp-bench.img');
+  execFileSync('sync');
+  const t0 = performance.now();
+  execFileSync('cp', [image, copy]);
+  const took = performance.now() - t0;
+  fs.rmSync(copy);
+  return took;
+}
+
+/** Distinct blocks the workload wrote with afterSeq < seq <= upToSeq. */
+function blocksWritten(
+  dataDir: string,
+  instanceId: string,
+  blockSize: number,
+  afterSeq: number,
+  upToSeq = Infinity,
+) {
+  const blocks = new Set<number>();
+  for (const e of readWorkloadLog(dataDir, instanceId)) {
+    if (e.seq <= afterSeq || e.seq > upToSeq) continue;
+    for (let b = Math.floor(e.offset / blockSize); b * blockSize < e.offset + e.length; b++) blocks.add(b);
+  }
+  return blocks.size;
+}
+
+async function main() {
+  installCliRuntime();
+  const cluster = await startCluster();
+  try {
+    const layout = (await cluster.client.workflow.execute('fleetInit', {
+      taskQueue: CONTROL_TASK_QUEUE,
+      workflowId: `bench-fleet-${Date.now()}`,
+      args: [{ hosts: 2, instances: 1, volumeSizeBytes: 1 * GiB, workload: WORKLOAD }],
+    })) as FleetLayout;
+    const instance = layout.instances[0];
+    const volume = layout.volumes[0];
+    const image = new HostStore(cluster.dataDir, instance.hostId).imagePath(volume.volumeId);
+
+    const fullMs: number[] = [];
+    const cps: number[] = [];
+    const pauses: number[] = [];
+    // Run 0 is a warm-up (JIT, hashing workers, first touch of fresh memory), not measured.
+    for (let run = 0; run <= RUNS; run++) {
+      const cpTook = cpMs(image);
+      execFileSync('sync');
+      const { ms, snapshot: s } = await snapshot(cluster, instance.instanceId);
+      if (s.bytesUploaded < volume.sizeBytes * 0.99) {
+        throw new Error(`snapshot ${s.snapshotId} uploaded ${s.bytesUploaded} bytes: not a full snapshot`);
+      }
+      console.log(
+        `run ${run}${run === 0 ? ' (warm-up)' : ''}: full snapshot ${round(ms)} ms (paused ${round(s.pausedMs)} ms), cp ${round(cpTook)} ms`,
+      );
+      if (run > 0) {
+        fullMs.push(ms);
+        cps.push(cpTook);
+        pauses.push(s.pausedMs);
+      }
+      if (run < RUNS) await deleteSnapshot(cluster, instance.account, s.snapshotId);
+      else {
+        // The last full snapshot stays: the incremental one is measured against it.
+        const want = Math.round((volume.sizeBytes / volume.blockSize) * CHANGED_FRACTION);
+        while (blocksWritten(cluster.dataDir, instance.instanceId, volume.blockSize, s.atSeq) < want) {
+          await sleep(20);
+        }
+        const next = await snapshot(cluster, instance.instanceId);
+        const changed = blocksWritten(
+          cluster.dataDir,
+          instance.instanceId,
+          volume.blockSize,
+          s.atSeq,
+          next.snapshot.atSeq,
+        );
+        const ratio = next.snapshot.bytesUploaded / volume.sizeBytes;
+        console.log(
+          `incremental: ${changed} of ${volume.sizeBytes / volume.blockSize} blocks written between the two instants, ${next.snapshot.bytesUploaded} bytes uploaded (${round(ratio * 100, 3)}% of the volume) in ${round(next.ms)} ms`,
+        );
+        const fullMBps = volume.sizeBytes / 1e6 / (median(fullMs) / 1000);
+        const cpMBps = volume.sizeBytes / 1e6 / (median(cps) / 1000);
+        console.log(
+          JSON.stringify({
+            fullMBps: round(fullMBps),
+            cpMBps: round(cpMBps),
+            fullVsCp: round(fullMBps / cpMBps, 3),
+            incrementalBytesRatio: round(ratio, 4),
+            pauseMs1GiB: round(median(pauses)),
+          }),
+        );
+      }
+    }
+  } finally {
+    await cluster.stop();
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
