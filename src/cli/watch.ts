@@ -9,13 +9,19 @@ import {
   type FleetLayout,
   type LiveMigrationResult,
   type MigrationProgress,
+  type PreMigrationSnapshotResult,
+  type RestoreInstanceResult,
+  type SnapshotDeleteResult,
   type VolumeExportResult,
   type VolumeImportResult,
 } from '../contracts';
 import { workflowUrl } from '../temporal/connection';
 import { CliContext } from './context';
 import { errorLine } from './errors';
-import { followMigration, migrationSummary, pollProgress } from './progress';
+import { migrationOutcome } from './migrate';
+import { followMigration, pollProgress } from './progress';
+import { restoreSummary } from './restore';
+import { deleteResultText, snapshotResultText } from './snapshot';
 import { parseRate } from './sizes';
 
 async function existing(client: Client, workflowId: string) {
@@ -40,7 +46,13 @@ function isCancelled(err: unknown): boolean {
 export function describeResult(type: string, result: unknown): string {
   switch (type) {
     case WorkflowType.liveMigration:
-      return migrationSummary(result as LiveMigrationResult);
+      return migrationOutcome(result as LiveMigrationResult);
+    case WorkflowType.preMigrationSnapshot:
+      return snapshotResultText(result as PreMigrationSnapshotResult);
+    case WorkflowType.restoreInstance:
+      return restoreSummary(result as RestoreInstanceResult);
+    case WorkflowType.deleteSnapshot:
+      return deleteResultText(result as SnapshotDeleteResult);
     case WorkflowType.fleetInit: {
       const layout = result as FleetLayout;
       return `fleet created: ${layout.hosts.length} hosts, ${layout.instances.length} instances, ${layout.volumes.length} volumes`;

@@ -21,6 +21,8 @@ import {
   snapshotWorkflowId,
 } from '../../src/cli/snapshot';
 import { operationId } from '../../src/cli/start';
+import { describeResult } from '../../src/cli/watch';
+import { WorkflowType } from '../../src/contracts';
 import {
   formatBytes,
   formatDuration,
@@ -712,3 +714,37 @@ function migrationResult(): LiveMigrationResult {
     cancelRefused: false,
   };
 }
+
+describe('rehome status results', () => {
+  test('describes each workflow type in one line instead of raw JSON', () => {
+    const restored = {
+      instanceId: 'i-3',
+      account: 'acme',
+      fromHostId: 'h-1',
+      hostId: 'h-3',
+      snapshotIds: ['snap-a'],
+      bytesRestored: 4 * 1024 * 1024,
+      previousReleased: false,
+    };
+    const restore = describeResult(WorkflowType.restoreInstance, restored);
+    expect(restore).toContain('i-3');
+    expect(restore).toContain('h-3');
+    expect(restore).not.toContain('{');
+    const deleted = describeResult(WorkflowType.deleteSnapshot, {
+      snapshotId: 'snap-a',
+      deleted: true,
+      gc: { packsDeleted: 1, packsRepacked: 0, bytesFreed: 1024, bytesLive: 0 },
+    });
+    expect(deleted).toContain('snap-a');
+    expect(deleted).not.toContain('{');
+    const snapshot = describeResult(WorkflowType.preMigrationSnapshot, {
+      instanceId: 'i-3',
+      account: 'acme',
+      hostId: 'h-1',
+      snapshots: [],
+      skipped: 'instance i-3 has no instance-store volumes: nothing to snapshot',
+      retired: [],
+    });
+    expect(snapshot).toContain('no instance-store volumes');
+  });
+});
