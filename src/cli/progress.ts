@@ -103,6 +103,14 @@ export function migrationSummary(r: LiveMigrationResult): string {
     ['duration', formatDuration(r.durationMs)],
     ['blocks verified', r.blocksVerified],
     ['blocks written during sync', r.blocksWrittenOnTarget],
+    ...(r.phaseMs?.snapshotting !== undefined
+      ? [
+          [
+            'pre-migration snapshot',
+            `${formatDuration(r.phaseMs.snapshotting)}, ${r.snapshotIds ? `kept: ${r.snapshotIds.join(', ')}` : 'deleted after the commit'}`,
+          ] as [string, string],
+        ]
+      : []),
     ...(r.cancelRefused ? [['cancel', 'refused: it arrived after the switch'] as [string, string]] : []),
   ]);
 }
