@@ -11,6 +11,7 @@ import {
   type SyncCounters,
   type VolumeMeta,
 } from './host-store';
+import { RangeLock } from './range-lock';
 import { BlockState, SyncMap } from './sync-map';
 import { bufferFor, checkByteRange, rangeBytes, readFully, writeFully } from './volume';
 
@@ -66,60 +67,6 @@ interface Chunk {
   data?: Promise<Buffer>;
   /** Set once the chunk enters the store window: bytes written. */
   stored?: Promise<number>;
-}
-
-/**
- * Exclusive locks on block ranges. Whoever moves a block out of Missing (background copy, read-through,
- * a write to a missing block) holds a lock covering it and checks the state under it, so a copy of
- * stale source data can never land on a block the workload has written. The copy holds its chunk's
- * lock from planning it (before fetching) until its data is written and marked Copied. Waiters are served in order;
- * a later waiter may pass an earlier one only if their ranges do not overlap.
- */
-class RangeLock {
-  private readonly held: { lo: number; hi: number }[] = [];
-  private readonly waiting: { lo: number; hi: number; grant: () => void }[] = [];
-
-  /** The lock if it is free now (and nobody waits for an overlapping range), else undefined. */
-  tryAcquire(lo: number, hi: number): (() => void) | undefined {
-    if (!this.free(lo, hi, this.waiting.length)) return undefined;
-    const entry = { lo, hi };
-    this.held.push(entry);
-    return () => this.release(entry);
-  }
-
-  acquire(lo: number, hi: number): Promise<() => void> {
-    return new Promise((resolve) => {
-      const entry = { lo, hi, grant: () => resolve(() => this.release(entry)) };
-      if (this.free(lo, hi, this.waiting.length)) {
-        this.held.push(entry);
-        entry.grant();
-      } else {
-        this.waiting.push(entry);
-      }
-    });
-  }
-
-  private release(entry: { lo: number; hi: number }): void {
-    const at = this.held.indexOf(entry);
-    if (at < 0) return; // released already
-    this.held.splice(at, 1);
-    for (let w = 0; w < this.waiting.length;) {
-      const next = this.waiting[w];
-      if (this.free(next.lo, next.hi, w)) {
-        this.waiting.splice(w, 1);
-        this.held.push(next);
-        next.grant();
-      } else {
-        w++;
-      }
-    }
-  }
-
-  /** No overlap with a held range nor with the first `waitersAhead` waiters. */
-  private free(lo: number, hi: number, waitersAhead: number): boolean {
-    const overlaps = (r: { lo: number; hi: number }) => r.lo <= hi && lo <= r.hi;
-    return !this.held.some(overlaps) && !this.waiting.slice(0, waitersAhead).some(overlaps);
-  }
 }
 
 /** Spaces chunk starts so the copy averages the current bandwidth; a changed rate starts a new epoch. */

@@ -4,6 +4,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { blockCountOf, invalidInput, invalidState } from '../contracts';
 import { isNoEnt, processAlive } from './atomic-file';
 import type { BlockDevice } from './block-device';
+import { RangeLock } from './range-lock';
 import { checkBlockRange, checkByteRange, rangeBytes, readFully, writeFully } from './volume';
 
 /**
@@ -95,50 +96,6 @@ function captureLost(message: string): ApplicationFailure {
   return ApplicationFailure.create({ type: 'CaptureLost', message, nonRetryable: false });
 }
 
-/**
- * Exclusive locks on block ranges, served in order; a later waiter may pass an earlier one only if
- * their ranges do not overlap. A capture read holds its range while it reads the image, and a write
- * to a block still pending holds it while it preserves the old content, so a read never sees bytes
- * written after the instant.
- */
-class BlockRangeLock {
-  private readonly held: { lo: number; hi: number }[] = [];
-  private readonly waiting: { lo: number; hi: number; grant: () => void }[] = [];
-
-  acquire(lo: number, hi: number): Promise<() => void> {
-    return new Promise((resolve) => {
-      const entry = { lo, hi, grant: () => resolve(() => this.release(entry)) };
-      if (this.free(entry, this.waiting.length)) {
-        this.held.push(entry);
-        entry.grant();
-      } else {
-        this.waiting.push(entry);
-      }
-    });
-  }
-
-  private release(entry: { lo: number; hi: number }): void {
-    const at = this.held.indexOf(entry);
-    if (at < 0) return;
-    this.held.splice(at, 1);
-    for (let w = 0; w < this.waiting.length;) {
-      const next = this.waiting[w];
-      if (this.free(next, w)) {
-        this.waiting.splice(w, 1);
-        this.held.push(next);
-        next.grant();
-      } else {
-        w++;
-      }
-    }
-  }
-
-  private free(r: { lo: number; hi: number }, waitersAhead: number): boolean {
-    const overlaps = (o: { lo: number; hi: number }) => o.lo <= r.hi && r.lo <= o.hi;
-    return !this.held.some(overlaps) && !this.waiting.slice(0, waitersAhead).some(overlaps);
-  }
-}
-
 export interface VolumeCaptureInit {
   captureId: string;
   hostId: string;
@@ -162,7 +119,7 @@ export class VolumeCapture {
   private readonly inner: BlockDevice;
   private readonly onClose?: () => void;
   private readonly state: Uint8Array;
-  private readonly lock = new BlockRangeLock();
+  private readonly lock = new RangeLock();
   /** Preserved old content: a buffer in memory, or the slot number in the spill file. */
   private readonly kept = new Map<number, Buffer | number>();
   private readonly memoryLimit: number;
