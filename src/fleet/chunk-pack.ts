@@ -115,7 +115,7 @@ export class AccountChunkIndex {
     const last = entries[entries.length - 1];
     this.packs.set(packId, { packId, bytes: last ? last.offset + last.length : 0, entries });
     for (const e of entries) {
-      const loc = { ...e, packId };
+      const loc: ChunkLocation = { hash: e.hash, offset: e.offset, length: e.length, packId };
       const locs = this.byHash.get(e.hash);
       if (locs) locs.push(loc);
       else this.byHash.set(e.hash, [loc]);

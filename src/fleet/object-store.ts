@@ -1,7 +1,8 @@
 import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import { invalidInput } from '../contracts';
-import { isNoEnt, processAlive, tempPath } from './atomic-file';
+import { randomBytes } from 'node:crypto';
+import { isNoEnt, processAlive } from './atomic-file';
 
 /**
  * The network storage service seen as a flat key → bytes map, small enough that an S3-compatible
@@ -30,6 +31,10 @@ const SEGMENT = /^[a-z0-9.-]+$/;
 /** Temp names written by atomic-file's tempPath: `<name>.tmp-<pid>-<hex>`. */
 const TEMP_NAME = /\.tmp-(\d+)-[0-9a-f]+$/;
 const MAX_KEY_LENGTH = 1024;
+/** Temp names as tempPath makes them, from a counter after a random start: one randomBytes per process, not per put. */
+const tempPrefix = `${process.pid}-${randomBytes(4).toString('hex')}`;
+let tempCount = 0;
+const tempOf = (file: string) => `${file}.tmp-${tempPrefix}${(tempCount++).toString(16).padStart(8, '0')}`;
 
 /** Throws InvalidInput unless `key` is a relative path of safe segments (no '..', no '/' at either end). */
 export function assertObjectKey(key: string, allowPrefix = false): string {
@@ -71,7 +76,7 @@ export class FileObjectStore implements ObjectStore {
   async put(key: string, data: Buffer | readonly Buffer[]): Promise<void> {
     const file = this.fileOf(key);
     const buffers = Buffer.isBuffer(data) ? [data] : data;
-    const tmp = tempPath(file);
+    const tmp = tempOf(file);
     try {
       try {
         await writeAll(tmp, buffers);

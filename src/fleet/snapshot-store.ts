@@ -98,6 +98,8 @@ const OWNERS = 'snapshot-owners.d';
 const SOURCE_EVENT = /^[A-Za-z0-9][A-Za-z0-9:._/-]{0,199}$/;
 const MIN_CHUNK = 4096;
 const MAX_CHUNK = 16 * MiB;
+/** Batch buffers kept for the next upload, at most (three lanes of the default batch size). */
+const SPARE_BUFFER_BYTES = 3 * 16 * MiB;
 
 const manifestKey = (account: string, id: string) => `${account}/snapshots/${id}.json`;
 const infoKey = (account: string, id: string) => `${account}/snapshots/${id}.info.json`;
@@ -121,6 +123,8 @@ export class SnapshotStore {
   readonly locks: SnapshotLocks;
   readonly maxPackBytes: number;
   private readonly repackBelow: number;
+  /** Batch buffers between uploads: fresh memory is slow to touch the first time (page faults). */
+  private readonly spareBuffers: Buffer[] = [];
 
   constructor(
     readonly objects: ObjectStore,
@@ -336,6 +340,18 @@ export class SnapshotStore {
     return this.hasher.hashChunks(data, chunkSize);
   }
 
+  /** @internal A shared buffer of at least `size` bytes, an earlier upload's if one fits. */
+  takeBuffer(size: number): Buffer {
+    const i = this.spareBuffers.findIndex((b) => b.length >= size);
+    return i >= 0 ? this.spareBuffers.splice(i, 1)[0] : ChunkHasher.sharedBuffer(size);
+  }
+
+  /** @internal Gives back a buffer from takeBuffer once nothing reads or writes it any more. */
+  giveBackBuffer(buffer: Buffer): void {
+    const kept = this.spareBuffers.reduce((n, b) => n + b.length, 0);
+    if (kept + buffer.length <= SPARE_BUFFER_BYTES) this.spareBuffers.push(buffer);
+  }
+
   /** @internal Stores chunks as packs (each pack, then its index) and adds them to the account index. */
   async storePacks(account: string, chunks: { hash: string; data: Buffer }[]): Promise<void> {
     if (chunks.length === 0) return;
@@ -397,9 +413,11 @@ export class SnapshotStore {
 
   /** @internal Removes an upload's journal and lock (its chunks are left to gc). */
   async clearUpload(account: string, snapshotId: string): Promise<void> {
-    for (const key of await this.objects.list(uploadPrefix(account, snapshotId))) {
-      if (!key.endsWith('meta.json')) await this.objects.delete(key);
-    }
+    // The pieces all at once (a GiB has 64): a commit waits for this. The meta goes only after them.
+    const pieces = (await this.objects.list(uploadPrefix(account, snapshotId))).filter(
+      (key) => !key.endsWith('meta.json'),
+    );
+    await Promise.all(pieces.map((key) => this.objects.delete(key)));
     await this.objects.delete(uploadMetaKey(account, snapshotId));
     await this.locks.releaseUpload(account, snapshotId);
   }
@@ -751,7 +769,14 @@ export class SnapshotWriter {
     let uploadedHere = 0;
 
     const lane = async (): Promise<void> => {
-      const buffer = ChunkHasher.sharedBuffer(batchChunks * chunkSize);
+      const buffer = this.store.takeBuffer(batchChunks * chunkSize);
+      try {
+        await work(buffer);
+      } finally {
+        this.store.giveBackBuffer(buffer);
+      }
+    };
+    const work = async (buffer: Buffer): Promise<void> => {
       while (!failed && nextBatch < batches) {
         const b = nextBatch++;
         const first = from + b * batchChunks;

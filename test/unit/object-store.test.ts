@@ -70,4 +70,13 @@ describe('FileObjectStore', () => {
     expect(await objects.removeStaleTemps('acct-1/')).toBe(100);
     expect(readdirSync(folder).sort()).toEqual(['k', `k3.tmp-${process.pid}-abcd`]);
   });
+
+  it('gives concurrent puts of one key distinct temp files: the last rename wins whole', async () => {
+    const values = Array.from({ length: 20 }, (_, i) => Buffer.alloc(4096, i));
+    const other = new FileObjectStore(objectStoreRoot(dir)); // a second store in the same process
+    await Promise.all(values.map((v, i) => (i % 2 ? other : objects).put('acct-1/same', v)));
+    const stored = await objects.get('acct-1/same');
+    expect(values.some((v) => v.equals(stored!))).toBe(true);
+    expect(readdirSync(path.join(dir, 'object-store', 'acct-1'))).toEqual(['same']);
+  });
 });
