@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import {
+  type ActivityInterceptorsFactory,
   bundleWorkflowCode,
   DefaultLogger,
   type LogEntry,
@@ -30,6 +31,8 @@ export interface StartWorkersOptions {
   pollIntervalMs?: number;
   /** A worker stopped on its own (not through shutdown()); default: print it. */
   onError?: (err: Error, taskQueue: string) => void;
+  /** Activity interceptors for a host's worker (tests use them to inject failures with real parts). */
+  hostActivityInterceptors?: (hostId: string) => ActivityInterceptorsFactory[];
 }
 
 export interface RunningWorkers {
@@ -40,6 +43,11 @@ export interface RunningWorkers {
   snapshots: SnapshotStore;
   /** Host ids served right now. */
   hosts(): string[];
+  /**
+   * Stops one host's worker and closes its agent, as if the host died: nobody polls its queue any
+   * more and it is not served again (host discovery skips it). Its data stays on disk.
+   */
+  stopHost(hostId: string): Promise<void>;
   /** Stops every worker, then closes the host runtime, the snapshot store and the inventory. Safe to call twice. */
   shutdown(): Promise<void>;
 }
@@ -102,6 +110,7 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
   // One per process: its hashing workers and chunk index serve every host and the control plane.
   const snapshots = new SnapshotStore(new FileObjectStore(objectStoreRoot(dataDir)));
   const served = new Map<string, Served>();
+  const stoppedHosts = new Set<string>();
   let closing = false;
 
   const run = (queue: string, worker: Worker): Served => {
@@ -113,11 +122,13 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
 
   const serveHost = async (hostId: string): Promise<void> => {
     const agent = await fleet.host(hostId);
+    const interceptors = options.hostActivityInterceptors?.(hostId);
     const worker = await Worker.create({
       connection,
       namespace,
       taskQueue: hostTaskQueue(hostId),
       activities: createHostActivities(agent, snapshots),
+      interceptors: interceptors && { activity: interceptors },
     });
     served.set(hostTaskQueue(hostId), run(hostTaskQueue(hostId), worker));
   };
@@ -129,7 +140,7 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
     const wanted = fixedHosts ?? inventory.listHosts().map((h) => h.hostId);
     for (const hostId of wanted) {
       if (closing) return;
-      if (!served.has(hostTaskQueue(hostId))) await serveHost(hostId);
+      if (!served.has(hostTaskQueue(hostId)) && !stoppedHosts.has(hostId)) await serveHost(hostId);
     }
   };
 
@@ -196,6 +207,23 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
     inventory,
     snapshots,
     hosts: servedHosts,
+    async stopHost(hostId) {
+      const queue = hostTaskQueue(assertId('host id', hostId));
+      stoppedHosts.add(hostId);
+      // A discovery tick may be starting this host's worker right now: let it finish first.
+      await tick;
+      const host = served.get(queue);
+      served.delete(queue);
+      if (host) {
+        try {
+          host.worker.shutdown();
+        } catch {
+          // Not running any more: nothing to stop.
+        }
+        await host.running;
+      }
+      await fleet.localAgent(hostId)?.close();
+    },
     shutdown() {
       closing = true;
       stopped ??= stopAll();

@@ -71,10 +71,11 @@ const SYNC_SLICE_OPTIONS = { startToCloseTimeout: '10 minutes', heartbeatTimeout
 
 /**
  * With a snapshot to fall back on, a source that does not take its instance back within this long
- * after a failed switch counts as lost. Without one the rollback waits for it, however long.
+ * after a failed switch counts as lost (taking an instance back is one local call: a host that
+ * cannot do it in ten seconds is not coming back soon). Without one the rollback waits, however long.
  */
 const SOURCE_LOST_AFTER: Partial<ActivityOptions> = {
-  scheduleToCloseTimeout: '20s',
+  scheduleToCloseTimeout: '10s',
   retry: { ...RETRY, maximumAttempts: 3 },
 };
 

@@ -167,12 +167,15 @@ async function restoreVolumes(
   }
 }
 
-/** Stops and removes the previous copy; false when its host does not answer within a minute. */
+/**
+ * Stops and removes the previous copy; false when its host does not answer within 20 seconds. The
+ * restored copy is already running, so the result says what was left behind rather than waiting.
+ */
 async function releasePrevious(plan: RestorePlan, restoreId: string): Promise<boolean> {
   const previous = proxyActivities<HostActivities>({
     ...hostActivityOptions(plan.fromHostId),
-    scheduleToCloseTimeout: '1 minute',
-    startToCloseTimeout: '30s',
+    scheduleToCloseTimeout: '20s',
+    startToCloseTimeout: '10s',
     retry: { ...RETRY, maximumAttempts: 3 },
   });
   try {

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startDevServer, type DevServer } from '../../src/temporal/dev-server';
 import { freePort } from '../../src/temporal/ports';
-import { startWorkers, type RunningWorkers } from '../../src/worker';
+import { startWorkers, type RunningWorkers, type StartWorkersOptions } from '../../src/worker';
 
 /**
  * A real embedded Temporal dev server on free ports, real workers (control + every host agent) in this
@@ -33,7 +33,9 @@ async function startServerOnFreePorts(dataDir: string): Promise<DevServer> {
   }
 }
 
-export async function startCluster(opts: { dataDir?: string } = {}): Promise<TestCluster> {
+export async function startCluster(
+  opts: { dataDir?: string } & Pick<StartWorkersOptions, 'hostActivityInterceptors'> = {},
+): Promise<TestCluster> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-it-'));
   const server = await startServerOnFreePorts(dataDir);
   const workerConnection = await NativeConnection.connect({ address: server.address });
@@ -43,6 +45,7 @@ export async function startCluster(opts: { dataDir?: string } = {}): Promise<Tes
     connection: workerConnection,
     namespace: server.namespace,
     dataDir,
+    hostActivityInterceptors: opts.hostActivityInterceptors,
   });
   return {
     dataDir,
