@@ -394,7 +394,6 @@ export class SnapshotStore {
     }
   }
 
-  /** @internal */
   /**
    * @internal Writes the manifest unless one is there already (a concurrent attempt of the same
    * upload committed first: the first manifest stands). Returns the manifest in force.
