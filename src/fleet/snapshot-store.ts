@@ -120,6 +120,8 @@ export class SnapshotStore {
   private readonly ownsHasher: boolean;
   private readonly indexes = new Map<string, AccountChunkIndex>();
   private readonly gcRuns = new Map<string, Promise<SnapshotGcResult>>();
+  /** The collection queued behind the running one, per account, for later requests to join. */
+  private readonly gcWaiting = new Map<string, Promise<SnapshotGcResult>>();
   readonly locks: SnapshotLocks;
   readonly maxPackBytes: number;
   private readonly repackBelow: number;
@@ -304,10 +306,23 @@ export class SnapshotStore {
    */
   async gc(account: string): Promise<SnapshotGcResult> {
     assertId('account', account);
-    // One collection per account at a time in this process: a second one waits for the first (the
-    // lock protocol would make it skip, and it may have a fresh deletion to collect).
-    const previous = this.gcRuns.get(account) ?? Promise.resolve();
-    const run = previous.catch(() => undefined).then(() => this.collect(account));
+    // One collection per account at a time in this process: a request made while one runs waits
+    // for it (the lock protocol would make it skip, and it may have a fresh deletion to collect),
+    // then runs once more. Requests made while that next run waits to start join it: it collects
+    // what they deleted too. Without joining, N deletions at once queued N full collections, and
+    // uploads waiting on them timed out.
+    const waiting = this.gcWaiting.get(account);
+    if (waiting) return waiting;
+    const previous = this.gcRuns.get(account);
+    const run = previous
+      ? previous
+          .catch(() => undefined)
+          .then(() => {
+            this.gcWaiting.delete(account);
+            return this.collect(account);
+          })
+      : this.collect(account);
+    if (previous) this.gcWaiting.set(account, run);
     this.gcRuns.set(account, run);
     try {
       return await run;

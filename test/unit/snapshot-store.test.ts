@@ -438,6 +438,25 @@ describe('SnapshotStore', () => {
     expect((await readWhole('acct-1', 'snap-k')).equals(image)).toBe(true);
   });
 
+  it('joins garbage collections asked for while one runs: ten deletions at once collect twice, all of them', async () => {
+    const image = patternBytes('gc-join', MiB);
+    for (let i = 0; i < 10; i++) {
+      const writer = await store.openUpload(meta(`snap-g${i}`, { sizeBytes: MiB }));
+      // A different first block each: every snapshot owns one chunk nobody else has.
+      await writer.uploadFrom(reader(changeBlocks(image, [0], `seed-${i}`)));
+      await writer.commit();
+    }
+    const collect = jest.spyOn(store as unknown as { collect: (a: string) => Promise<unknown> }, 'collect');
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => store.delete('acct-1', `snap-g${i}`)),
+    );
+    expect(results.every((r) => r.deleted)).toBe(true);
+    expect(collect.mock.calls.length).toBeLessThanOrEqual(2);
+    collect.mockRestore();
+    // Every deleted snapshot's chunks are gone: the joined collection saw all ten deletions.
+    expect(packBytes(root, 'acct-1')).toBe(0);
+  });
+
   it('commits idempotently: a retried commit or a reopened upload returns the same snapshot', async () => {
     const image = patternBytes('idem', MiB);
     const m = meta('snap-i', { sizeBytes: MiB });
