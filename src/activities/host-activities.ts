@@ -1,4 +1,5 @@
 import { asyncLocalStorage, type Context } from '@temporalio/activity';
+import * as fs from 'node:fs';
 import type {
   ImportVolumeInput,
   InstanceLaunch,
@@ -34,6 +35,7 @@ import {
   invalidState,
   notFound,
 } from '../contracts';
+import { assertOutsideDataDir } from '../fleet/data-dir-guard';
 import type { HostAgent } from '../fleet/host-agent';
 import { checkVolumeMeta } from '../fleet/host-store';
 import type { ReadAt, SnapshotStore, SnapshotWriter } from '../fleet/snapshot-store';
@@ -221,13 +223,14 @@ export function createHostActivities(agent: HostAgent, snapshots: SnapshotStore)
         sourceEvent: input.event,
         createdAt: input.createdAt,
       };
-      // Validates the event and time before the instance pauses for anything.
-      let writer = await snapshots.openUpload(meta);
+      // Validates the event and time before the instance pauses for anything. Opening may wait for
+      // the account's garbage collection: heartbeat meanwhile, or the server takes us for dead.
+      let writer = await withHeartbeat(() => snapshots.openUpload(meta));
       if (writer.done) return withCaptureFacts(await writer.commit());
       // What an earlier attempt stored is of an earlier instant: this attempt's manifest must not
       // name any of it, so its journal goes (its chunks stay in the store for dedupe).
       await writer.abort();
-      writer = await snapshots.openUpload(meta);
+      writer = await withHeartbeat(() => snapshots.openUpload(meta));
 
       let capture: VolumeCapture | undefined;
       try {
@@ -238,7 +241,9 @@ export function createHostActivities(agent: HostAgent, snapshots: SnapshotStore)
         await writer.abort().catch(() => undefined);
         throw err;
       } finally {
-        if (capture) await agent.closeCapture(volumeId, snapshotId);
+        // This attempt's capture, not by id: a retry of this activity reopens the same id, and an
+        // attempt the server gave up on must not close the retry's capture when it ends.
+        await capture?.close();
       }
     },
 
@@ -431,13 +436,16 @@ export function createHostActivities(agent: HostAgent, snapshots: SnapshotStore)
         Number.isSafeInteger(cursor) && (cursor as number) >= 0 && (cursor as number) < replica.blockCount
           ? (cursor as number)
           : 0;
-      const progress = await replica.copy({
-        startBlock,
-        maxMs: input.maxSliceMs,
-        bandwidth: () => agent.syncBandwidth(migrationId),
-        signal: ctx?.cancellationSignal,
-        onChunk: (p) => ctx?.heartbeat({ cursor: p.cursor }),
-      });
+      // A source that stays unreadable fails the slice for good, naming the blocks at risk.
+      const progress = await agent.watchSource(migrationId, volumeId, 'sync', () =>
+        replica.copy({
+          startBlock,
+          maxMs: input.maxSliceMs,
+          bandwidth: () => agent.syncBandwidth(migrationId),
+          signal: ctx?.cancellationSignal,
+          onChunk: (p) => ctx?.heartbeat({ cursor: p.cursor }),
+        }),
+      );
       // The copy stops quietly on abort; report the cancellation the way Temporal expects it.
       if (ctx?.cancellationSignal.aborted) await ctx.cancelled;
       const counters = replica.counters();
@@ -474,7 +482,7 @@ export function createHostActivities(agent: HostAgent, snapshots: SnapshotStore)
         );
       }
       const replica = await agent.replica(volumeId);
-      return withHeartbeat(() => replica.verify());
+      return withHeartbeat(() => agent.watchSource(migrationId, volumeId, 'verify', () => replica.verify()));
     },
 
     /** Target side: the replicas are complete; drop the sync maps and the link to the source. */
@@ -515,7 +523,10 @@ export function createHostActivities(agent: HostAgent, snapshots: SnapshotStore)
 
     async exportVolume(input: VolumeExportInput): Promise<VolumeExportResult> {
       const volumeId = assertId('volumeId', input?.volumeId);
-      const destPath = assertAbsolutePath('path', input.path);
+      const destPath = assertOutsideDataDir('path', assertAbsolutePath('path', input.path), agent.dataDir);
+      if (fs.statSync(destPath, { throwIfNoEntry: false })?.isDirectory()) {
+        throw invalidInput(`path ${destPath} is a directory: give the path of the image file to write`);
+      }
       // An unknown volume fails NotFound here, before the image file is created.
       const device = await agent.device(volumeId);
       const { sha256, sizeBytes } = await withHeartbeat(() => agent.store.exportImage(device, destPath));
