@@ -37,6 +37,7 @@ import {
 import type { Inventory } from '../fleet/inventory';
 import type { SnapshotStore } from '../fleet/snapshot-store';
 import { isNoEnt } from '../fleet/atomic-file';
+import { assertOutsideDataDir } from '../fleet/data-dir-guard';
 import { formatExactBytes, pickHost, ZERO_RESOURCES } from '../planning/placement';
 
 /**
@@ -120,7 +121,7 @@ export function createControlActivities(inventory: Inventory, snapshots: Snapsho
     /** Checks an image to import and names the volume it will become; changes nothing. */
     async planVolumeImport(input: PlanVolumeImportInput): Promise<VolumePlan> {
       const instanceId = assertId('instanceId', input?.instanceId);
-      const file = assertAbsolutePath('path', input.path);
+      const file = assertOutsideDataDir('path', assertAbsolutePath('path', input.path), inventory.dataDir);
       const instance = inventory.requireInstance(instanceId);
       requireRunning(instance, 'take an imported volume');
       const stat = statOrUndefined(file);

@@ -1,3 +1,4 @@
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import {
   formatBytes,
@@ -8,8 +9,10 @@ import {
   type FleetSpec,
   type InstanceRecord,
 } from '../contracts';
+import { checkFleet, type FleetViolation } from '../fleet/fleet-check';
 import type { Inventory } from '../fleet/inventory';
 import { CliContext } from './context';
+import { errorLine } from './errors';
 import { keyValues, table } from './format';
 import { parseCount, parseRate, parseSize } from './sizes';
 import { fleetInitRequest, reportStarted, startOperation } from './start';
@@ -128,6 +131,80 @@ export function registerFleet(program: Command): void {
         ]),
       );
     });
+
+  fleet
+    .command('check')
+    .description(
+      'check the fleet invariants (one host per instance, capacity, images where and as big as the inventory says, no orphans); exits 1 listing violations',
+    )
+    .action((_opts: unknown, command: Command) => checkCommand(CliContext.of(command)));
+}
+
+/** Workflow ids described at once by `fleet check`: enough to be quick, few enough not to flood the server. */
+const DESCRIBE_CONCURRENCY = 8;
+
+/** Which of `ids` are running: a workflow not found, or closed, is not. */
+async function runningWorkflows(client: Client, ids: string[]): Promise<Set<string>> {
+  const running = new Set<string>();
+  for (let n = 0; n < ids.length; n += DESCRIBE_CONCURRENCY) {
+    await Promise.all(
+      ids.slice(n, n + DESCRIBE_CONCURRENCY).map(async (id) => {
+        try {
+          const description = await client.workflow.getHandle(id).describe();
+          if (description.status.name === 'RUNNING') running.add(id);
+        } catch (err) {
+          if (!(err instanceof WorkflowNotFoundError)) throw err;
+        }
+      }),
+    );
+  }
+  return running;
+}
+
+/**
+ * `fleet check`: the invariants of fleet-check.ts against this data dir. Reservations are checked
+ * against the workflows that made them when Temporal answers; otherwise everything else still is.
+ */
+async function checkCommand(ctx: CliContext): Promise<void> {
+  const inventory = ctx.inventory();
+  let unchecked: string | undefined;
+  let violations: FleetViolation[] | undefined;
+  const client = await ctx.client().catch((err: unknown) => {
+    unchecked = errorLine(err);
+    return undefined;
+  });
+  if (client) {
+    try {
+      violations = await checkFleet({
+        dataDir: ctx.dataDir,
+        inventory,
+        activeWorkflowIds: (ids) => runningWorkflows(client, ids),
+      });
+    } catch (err) {
+      unchecked = errorLine(err);
+    }
+  }
+  violations ??= await checkFleet({ dataDir: ctx.dataDir, inventory });
+  const note = unchecked && `reservations were not checked against workflows (${unchecked})`;
+  ctx.emit({ ok: violations.length === 0, reservationsChecked: !unchecked, note, violations });
+  if (violations.length > 0) {
+    ctx.say(
+      table(
+        ['kind', 'subject', 'problem and what to do'],
+        violations.map((v) => [v.kind, v.subject, v.message]),
+      ),
+    );
+    if (note) ctx.say(`note: ${note}`);
+    throw new Error(
+      `${violations.length} fleet invariant violation${violations.length === 1 ? '' : 's'} in ${ctx.dataDir}`,
+    );
+  }
+  const hosts = inventory.listHosts().length;
+  const instances = inventory.listInstances().length;
+  const volumes = inventory.listVolumes().length;
+  ctx.say(
+    `fleet OK: ${hosts} hosts, ${instances} instances, ${volumes} volumes, every image where the inventory says${note ? `; ${note}` : ''}`,
+  );
 }
 
 function showInstance(ctx: CliContext, inventory: Inventory, instance: InstanceRecord): void {

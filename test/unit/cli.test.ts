@@ -32,6 +32,8 @@ import {
   type SnapshotInfo,
   type SnapshotUploadMeta,
 } from '../../src/contracts';
+import { FleetRuntime } from '../../src/fleet/fleet-runtime';
+import { openInventory } from '../../src/fleet/inventory';
 import { FileObjectStore, objectStoreRoot } from '../../src/fleet/object-store';
 import { patternBytes } from '../../src/fleet/pattern';
 import { SnapshotStore } from '../../src/fleet/snapshot-store';
@@ -746,5 +748,88 @@ describe('rehome status results', () => {
       retired: [],
     });
     expect(snapshot).toContain('no instance-store volumes');
+  });
+});
+
+describe('rehome fleet check', () => {
+  let dir: string;
+  let out: string[];
+  let err: string[];
+  const savedAddress = process.env.TEMPORAL_ADDRESS;
+
+  beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-cli-check-'));
+    const inventory = openInventory(dir);
+    const runtime = new FleetRuntime({ dataDir: dir });
+    try {
+      const layout = inventory.createFleet('fleet-init-1', {
+        hosts: 2,
+        instances: 2,
+        volumeSizeBytes: 1024 * 1024,
+        workload: { writeBytesPerSec: 0, writeSize: 4096 },
+      });
+      for (const i of layout.instances) {
+        const volumes = layout.volumes.filter((v) => v.instanceId === i.instanceId);
+        await (await runtime.host(i.hostId)).launch({ ...i, volumes });
+      }
+      inventory.markInstancesRunning(layout.instances.map((i) => i.instanceId));
+    } finally {
+      await runtime.close();
+      inventory.close();
+    }
+    // Nobody listens there: the check runs without Temporal and says what it could not check.
+    process.env.TEMPORAL_ADDRESS = `127.0.0.1:${await freePort()}`;
+  });
+
+  afterAll(() => {
+    if (savedAddress === undefined) delete process.env.TEMPORAL_ADDRESS;
+    else process.env.TEMPORAL_ADDRESS = savedAddress;
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  beforeEach(() => {
+    out = [];
+    err = [];
+    jest.spyOn(console, 'log').mockImplementation((line: unknown) => void out.push(String(line)));
+    jest.spyOn(console, 'error').mockImplementation((line: unknown) => void err.push(String(line)));
+  });
+  afterEach(() => jest.restoreAllMocks());
+
+  const rehome = (...args: string[]) =>
+    main(['node', 'rehome', 'fleet', 'check', ...args, '--data-dir', dir]);
+
+  test('a clean fleet prints one OK line, noting that reservations were not checked without Temporal', async () => {
+    expect(await rehome()).toBe(0);
+    expect(out).toHaveLength(1);
+    expect(out[0]).toMatch(/^fleet OK: 2 hosts, 2 instances, 2 volumes/);
+    expect(out[0]).toMatch(/reservations were not checked against workflows \(cannot reach Temporal/);
+    expect(err).toEqual([]);
+  });
+
+  test('violations are listed (table or JSON) and the exit code is 1', async () => {
+    const image = path.join(dir, 'hosts', 'h-1', 'volumes', 'i-1-v0.img');
+    const saved = `${image}.saved`;
+    fs.renameSync(image, saved);
+    try {
+      expect(await rehome()).toBe(1);
+      expect(out.join('\n')).toMatch(
+        /missing-image .* i-1-v0 .* should be at hosts\/h-1\/volumes\/i-1-v0\.img/,
+      );
+      expect(err).toEqual([`rehome: 1 fleet invariant violation in ${dir}`]);
+
+      out = [];
+      expect(await rehome('--json')).toBe(1);
+      const report = JSON.parse(out.join('\n')) as {
+        ok: boolean;
+        reservationsChecked: boolean;
+        violations: unknown[];
+      };
+      expect(report).toMatchObject({ ok: false, reservationsChecked: false });
+      expect(report.violations).toEqual([
+        expect.objectContaining({ kind: 'missing-image', subject: 'i-1-v0' }),
+      ]);
+    } finally {
+      fs.renameSync(saved, image);
+    }
   });
 });
