@@ -79,9 +79,16 @@ export interface LiveMigrationResult {
   downtimeMs: number;
   bytesCopied: number;
   bytesReadThrough: number;
+  /** Bytes the sync engine copied more than once (e.g. chunks in flight when a host agent was killed). */
+  bytesRecopied?: number;
   blocksVerified: number;
   blocksWrittenOnTarget: number;
   durationMs: number;
+  /**
+   * False when the source host never answered its release (it died for good after the sync): the
+   * instance was committed on the target, and its stale copy is left on the source to delete.
+   */
+  sourceReleased?: boolean;
   /** A cancel arrived after the switch: it was refused and the sync completed. */
   cancelRefused: boolean;
   /** Workflow time spent in each phase, ms. */

@@ -3,7 +3,16 @@ import { open as openFile, rename } from 'fs/promises';
 import * as path from 'path';
 import { ApplicationFailure } from '@temporalio/common';
 import type { InstanceLaunch, SwitchResult, WorkloadConfig } from '../contracts';
-import { assertId, invalidInput, invalidState, notFound } from '../contracts';
+import {
+  assertId,
+  dataIntegrity,
+  formatBytes,
+  formatDuration,
+  formatList,
+  invalidInput,
+  invalidState,
+  notFound,
+} from '../contracts';
 import { isNoEnt, removeTemps, writeFileAtomicSync } from './atomic-file';
 import type { BlockDevice } from './block-device';
 import type { BlockSource } from './block-source';
@@ -71,7 +80,17 @@ export interface HostAgentOptions {
   onWorkloadError?: (instanceId: string, err: unknown) => void;
   /** Period of each Workload's rate loop (the Workload's default, 5 ms, when unset). */
   workloadTickMs?: number;
+  /**
+   * After a switch, how long a migration's source may stay unreadable before its data counts as lost
+   * and the sync fails naming the blocks at risk (default SOURCE_LOST_AFTER_MS).
+   */
+  sourceLostAfterMs?: number;
 }
+
+/** A source that cannot be read for this long is not coming back soon: its data is at risk. */
+export const SOURCE_LOST_AFTER_MS = 20_000;
+
+const SOURCE_UNREACHABLE = 'SourceUnreachable';
 
 /** The agent of `peer` is not in this process: retryable, another worker may serve it. */
 export function hostUnreachable(hostId: string, from: string): ApplicationFailure {
@@ -80,6 +99,50 @@ export function hostUnreachable(hostId: string, from: string): ApplicationFailur
     message: `host agent ${hostId} is not reachable from ${from}: start a worker serving ${hostId} in the same process as ${from}`,
     nonRetryable: false,
   });
+}
+
+/** A read of a source host's volume failed: retryable, the host may come back. */
+function sourceUnreachable(hostId: string, volumeId: string, why: string): ApplicationFailure {
+  return ApplicationFailure.create({
+    type: SOURCE_UNREACHABLE,
+    message: `volume ${volumeId} on source host ${hostId} cannot be read: ${why}`,
+    nonRetryable: false,
+  });
+}
+
+function isSourceUnreachable(err: unknown): err is ApplicationFailure {
+  return err instanceof ApplicationFailure && err.type === SOURCE_UNREACHABLE;
+}
+
+/**
+ * The target's link to its source. Every host's data lives under one data directory, so a target
+ * could go on reading a source image through a file it opened before the source host was lost,
+ * where a real link would fail: each call first checks that the image is still on the source's
+ * disk. Any failure on the source side is reported as SourceUnreachable.
+ */
+function watchedSource(source: BlockSource, sourceStore: HostStore): BlockSource {
+  const guard = async <T>(volumeId: string, read: () => Promise<T>): Promise<T> => {
+    if (!fs.existsSync(sourceStore.imagePath(volumeId))) {
+      throw sourceUnreachable(source.hostId, volumeId, `${sourceStore.imagePath(volumeId)} is gone`);
+    }
+    try {
+      return await read();
+    } catch (err) {
+      throw sourceUnreachable(source.hostId, volumeId, err instanceof Error ? err.message : String(err));
+    }
+  };
+  const watched: BlockSource = {
+    hostId: source.hostId,
+    readBlocks: (volumeId, first, count) => guard(volumeId, () => source.readBlocks(volumeId, first, count)),
+    hashBlocks: (volumeId, first, count) => guard(volumeId, () => source.hashBlocks(volumeId, first, count)),
+    recycle: source.recycle && ((data) => source.recycle!(data)),
+    close: () => source.close(),
+  };
+  if (source.copyBlocksInto) {
+    watched.copyBlocksInto = (volumeId, first, count, into) =>
+      guard(volumeId, () => source.copyBlocksInto!(volumeId, first, count, into));
+  }
+  return watched;
 }
 
 function throttledWarning(hostId: string): (instanceId: string, err: unknown) => void {
@@ -135,6 +198,8 @@ export class HostAgent {
   private readonly captures = new Map<string, VolumeCapture>();
   /** Per-migration copy limit read by a running copy on every chunk. */
   private readonly bandwidth = new Map<string, number>();
+  /** Since when (epoch ms) a migration's volume has failed to reach its source, until a step succeeds. */
+  private readonly sourceDownSince = new Map<string, number>();
   private readonly lock = new KeyedLock();
   private readonly onWorkloadError: (instanceId: string, err: unknown) => void;
   private started = false;
@@ -296,7 +361,11 @@ export class HostAgent {
         `volume ${volumeId} on host ${this.hostId} is a replica but no migration to this host names its source`,
       );
     }
-    const source = this.peers.blockSource(owner.migration.sourceHostId);
+    const sourceHostId = owner.migration.sourceHostId;
+    const source = watchedSource(
+      this.peers.blockSource(sourceHostId),
+      new HostStore(this.dataDir, sourceHostId),
+    );
     try {
       const replica = await ReplicaVolume.open(this.store, volumeId, source);
       this.sources.set(volumeId, source);
@@ -653,6 +722,57 @@ export class HostAgent {
       );
     }
     return { record, migration: m };
+  }
+
+  /**
+   * Runs a sync or verify step of a volume received here. While its source cannot be read the step
+   * fails retryably; once that has lasted sourceLostAfterMs, the source counts as lost and the step
+   * fails for good (DataIntegrity) naming the volume and the blocks that exist only there.
+   */
+  async watchSource<T>(
+    migrationId: string,
+    volumeId: string,
+    step: 'sync' | 'verify',
+    work: () => Promise<T>,
+  ): Promise<T> {
+    const key = `${migrationId}/${volumeId}`;
+    try {
+      const result = await work();
+      this.sourceDownSince.delete(key);
+      return result;
+    } catch (err) {
+      if (!isSourceUnreachable(err)) throw err;
+      const now = Date.now();
+      const since = this.sourceDownSince.get(key) ?? now;
+      this.sourceDownSince.set(key, since);
+      const limit = this.options.sourceLostAfterMs ?? SOURCE_LOST_AFTER_MS;
+      if (now - since < limit) throw err;
+      this.sourceDownSince.delete(key);
+      throw await this.sourceLost(volumeId, step, now - since, err.message);
+    }
+  }
+
+  private async sourceLost(volumeId: string, step: 'sync' | 'verify', downMs: number, why: string) {
+    const record = this.ownerOf(volumeId);
+    const sourceHostId = record?.migration?.sourceHostId ?? '(unknown)';
+    const replica = await this.replica(volumeId);
+    const missing = replica.missingBlocks();
+    const lost = `source host ${sourceHostId} is lost (unreadable for ${formatDuration(downMs)}: ${why})`;
+    const where = `volume ${volumeId} of instance ${record?.instanceId ?? '(unknown)'} on ${this.hostId}`;
+    if (missing.length > 0) {
+      const bytes = missing.reduce(
+        (sum, i) => sum + Math.min(replica.blockSize, replica.sizeBytes - i * replica.blockSize),
+        0,
+      );
+      return dataIntegrity(
+        `${lost}: ${where} lacks ${missing.length} of ${replica.blockCount} blocks (${formatBytes(bytes)}) that were never copied from it, data at risk in blocks ${formatList(missing)}; ` +
+          `the instance runs on ${this.hostId} but reading those blocks fails until ${sourceHostId}'s disk is back or the volume is restored from a snapshot`,
+      );
+    }
+    return dataIntegrity(
+      `${lost}: ${where} holds every block, but the ${step} step could not check the blocks copied from it against the source: ` +
+        `they are unverified, so the replica is not finalized and the source is not released`,
+    );
   }
 
   syncBandwidth(migrationId: string): number {

@@ -223,6 +223,16 @@ export class ReplicaVolume implements BlockDevice {
     return { blocksDone, blocksTotal: this.blockCount, blocksMissing: this.blockCount - blocksDone };
   }
 
+  /** Blocks the target does not hold yet (Missing, or Copying by a copy in flight), in order. */
+  missingBlocks(): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.blockCount; i++) {
+      const s = this.map.get(i);
+      if (s === BlockState.Missing || s === BlockState.Copying) out.push(i);
+    }
+    return out;
+  }
+
   /** Cumulative over the replica's life (persisted in the map header, then in the sidecar). */
   counters(): SyncCounters {
     return this.map.counters();
@@ -477,18 +487,18 @@ export class ReplicaVolume implements BlockDevice {
   }
 
   /**
-   * Writes a claimed chunk: its blocks are marked Copying in the map (while the previous chunk's data
-   * is being written), then the data, then Copied. So after a crash at most the STORE_WINDOW chunks
-   * being written count as copied twice. Its data write waits for `after` (the previous chunk's) and
-   * calls `wrote` once done or failed. Releases the lock.
+   * Writes a claimed chunk: once the previous chunk's data is written (`after`), its blocks are marked
+   * Copying in the map, then the data, then Copied. So at any instant at most one chunk is Copying,
+   * and a crash makes the copy write at most one chunk twice (the map write is a synchronous pwrite
+   * of a few bytes: marking earlier, overlapped with the previous chunk, would buy nothing and double
+   * that bound). Calls `wrote` once its data is written or it failed. Releases the lock.
    */
   private async storeChunk(chunk: Chunk, after: Promise<void>, wrote: () => void): Promise<number> {
     const { first, claimed } = chunk;
     let written = false;
     try {
-      const marked = this.map.setBlocks(claimed, BlockState.Copying);
-      marked.catch(() => undefined); // awaited just below, with the data
-      const [data] = await Promise.all([chunk.data, marked, after]);
+      const [data] = await Promise.all([chunk.data, after]);
+      await this.map.setBlocks(claimed, BlockState.Copying);
       let bytes = 0;
       for (let r = 0; r < claimed.length;) {
         let end = r + 1;

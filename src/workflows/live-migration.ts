@@ -1,5 +1,7 @@
 import {
+  ActivityFailure,
   allHandlersFinished,
+  ApplicationFailure,
   CancellationScope,
   CancelledFailure,
   condition,
@@ -11,6 +13,7 @@ import {
   setCurrentDetails,
   type ActivityOptions,
   setHandler,
+  TimeoutFailure,
   uuid4,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -70,6 +73,13 @@ const MAX_VERIFY_ROUNDS = 3;
 const SYNC_SLICE_OPTIONS = { startToCloseTimeout: '10 minutes', heartbeatTimeout: '20s' } as const;
 
 /**
+ * The target holds every block, verified, when the source is released. A source agent that has not
+ * answered the release in this long is taken for dead: the migration commits without it and says
+ * what is left on the source, instead of waiting in 'releasing' for a host that may never return.
+ */
+const SOURCE_RELEASE_GIVE_UP = '10 minutes';
+
+/**
  * With a snapshot to fall back on, a source that does not take its instance back within this long
  * after a failed switch counts as lost (taking an instance back is one local call: a host that
  * cannot do it in ten seconds is not coming back soon). Without one the rollback waits, however long.
@@ -84,6 +94,8 @@ interface VolumeSync {
   blocksDone: number;
   blocksTotal: number;
   bytesReadThrough: number;
+  /** The engine's own count of bytes it copied twice (e.g. after a crash), cumulative. */
+  bytesRecopied: number;
   blocksVerified: number;
   blocksWrittenOnTarget: number;
 }
@@ -152,6 +164,8 @@ class Migration {
   private snapshot?: PreMigrationSnapshotResult;
   /** A failed switch's rollback could not give the instance back to its source. */
   private sourceLost = false;
+  /** False when the source never answered its release (its stale copy is left there). */
+  private sourceReleased = true;
   private readonly instanceId: string;
   private readonly targetHostId: string;
   private bandwidth: number;
@@ -373,10 +387,7 @@ class Migration {
           `**releasing** ${this.instanceId} and its volumes on the source ${plan.sourceHostId}`,
         ),
       );
-      await source.releaseSource.executeWithOptions(
-        { summary: `release ${this.instanceId} on ${plan.sourceHostId}` },
-        [{ migrationId: this.migrationId, instanceId: this.instanceId }],
-      );
+      this.sourceReleased = await this.releaseSource(source, plan);
 
       this.enterPhase(
         'committing',
@@ -401,9 +412,20 @@ class Migration {
         }
       }
     } catch (err) {
-      const message = `after the switch: ${this.instanceId} runs on ${this.targetHostId}; source ${plan.sourceHostId} kept for inspection: ${errorMessage(err)}`;
+      const kept = this.snapshotNote();
+      const message = `after the switch: ${this.instanceId} runs on ${this.targetHostId}; source ${plan.sourceHostId} kept for inspection: ${errorMessage(err)}${kept}`;
       log.error(`migration failed ${message}`);
       this.enterPhase('failed', `**failed** ${message}`);
+      // The operator's way back to the data is the snapshot: the failure itself must name it.
+      const surfaced = surfaceFailure(err);
+      if (kept && surfaced instanceof ApplicationFailure) {
+        throw ApplicationFailure.create({
+          type: surfaced.type ?? undefined,
+          message: `${surfaced.message}${kept}`,
+          nonRetryable: true,
+          details: surfaced.details ?? undefined,
+        });
+      }
       throw err;
     }
 
@@ -413,10 +435,40 @@ class Migration {
     this.enterPhase(
       'completed',
       this.withCancelNote(
-        `**completed** ${this.instanceId} ${plan.sourceHostId} → ${this.targetHostId}: ${formatBytes(this.progress.bytesCopied)} copied, downtime ${formatDuration(switched.downtimeMs)}, took ${formatDuration(durationMs)}`,
+        `**completed** ${this.instanceId} ${plan.sourceHostId} → ${this.targetHostId}: ${formatBytes(this.progress.bytesCopied)} copied, downtime ${formatDuration(switched.downtimeMs)}, took ${formatDuration(durationMs)}` +
+          (this.sourceReleased
+            ? ''
+            : ` · source ${plan.sourceHostId} never answered its release: its stale copy of ${this.instanceId} (volumes ${plan.volumes.map((v) => v.volumeId).join(', ')}) is left there, delete it if the host returns`),
       ),
     );
     return this.result(plan, switched, durationMs);
+  }
+
+  /** Releases the source; false if its agent did not answer for SOURCE_RELEASE_GIVE_UP. */
+  private async releaseSource(
+    source: ReturnType<typeof hostActivities>,
+    plan: MigrationPlan,
+  ): Promise<boolean> {
+    try {
+      await source.releaseSource.executeWithOptions(
+        {
+          summary: `release ${this.instanceId} on ${plan.sourceHostId}`,
+          scheduleToCloseTimeout: SOURCE_RELEASE_GIVE_UP,
+        },
+        [{ migrationId: this.migrationId, instanceId: this.instanceId }],
+      );
+      return true;
+    } catch (err) {
+      // Out of time: retries ran into the bound (retry state TIMEOUT), or no attempt ever started.
+      const gaveUp =
+        err instanceof ActivityFailure &&
+        (err.retryState === 'TIMEOUT' || err.cause instanceof TimeoutFailure);
+      if (!gaveUp) throw err;
+      log.error(
+        `source ${plan.sourceHostId} did not answer the release of ${this.instanceId} for ${SOURCE_RELEASE_GIVE_UP}: committing without it`,
+      );
+      return false;
+    }
   }
 
   private async syncVolume(sync: VolumeSync): Promise<void> {
@@ -571,6 +623,7 @@ class Migration {
       blocksDone: 0,
       blocksTotal: blockCountOf(volume),
       bytesReadThrough: 0,
+      bytesRecopied: 0,
       blocksVerified: 0,
       blocksWrittenOnTarget: 0,
     }));
@@ -584,6 +637,7 @@ class Migration {
     sync.blocksDone = slice.blocksDone;
     sync.blocksTotal = slice.blocksTotal;
     sync.bytesReadThrough = slice.bytesReadThrough;
+    sync.bytesRecopied = slice.bytesRecopied ?? 0;
     this.progress.bytesCopied += slice.bytesCopied;
     this.updateBlockCounts();
 
@@ -601,6 +655,14 @@ class Migration {
   private updateBlockCounts(): void {
     this.progress.blocksDone = this.volumes.reduce((sum, v) => sum + v.blocksDone, 0);
     this.progress.blocksTotal = this.volumes.reduce((sum, v) => sum + v.blocksTotal, 0);
+  }
+
+  /** What a failure after the switch says about the pre-migration snapshot, which it keeps. */
+  private snapshotNote(): string {
+    const snapshots = this.snapshot?.snapshots ?? [];
+    if (snapshots.length === 0) return '';
+    const ids = snapshots.map((s) => `${s.snapshotId} of ${s.volumeId} (as of workload seq ${s.atSeq})`);
+    return `; the pre-migration snapshot is kept: ${ids.join(', ')}`;
   }
 
   private syncingDetails(): string {
@@ -647,6 +709,8 @@ class Migration {
       downtimeMs: switched.downtimeMs,
       bytesCopied: this.progress.bytesCopied,
       bytesReadThrough: this.volumes.reduce((sum, v) => sum + v.bytesReadThrough, 0),
+      bytesRecopied: this.volumes.reduce((sum, v) => sum + v.bytesRecopied, 0),
+      ...(this.sourceReleased ? {} : { sourceReleased: false }),
       blocksVerified: this.volumes.reduce((sum, v) => sum + v.blocksVerified, 0),
       blocksWrittenOnTarget: this.volumes.reduce((sum, v) => sum + v.blocksWrittenOnTarget, 0),
       durationMs,
