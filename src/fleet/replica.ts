@@ -49,6 +49,12 @@ export interface VerifyReport {
 }
 
 export const DEFAULT_CHUNK_BLOCKS = 64;
+/**
+ * Chunk size when the source copies inside the kernel: no buffer holds the bytes, so a chunk can be
+ * larger, and fewer chunks mean fewer map writes and lock round trips (a fifth of a 512 MiB sync's
+ * time at 4 MiB chunks). A kill still re-copies at most one chunk.
+ */
+const KERNEL_CHUNK_BYTES = 32 * 1024 * 1024;
 const TRANSFER_ATTEMPTS = 3;
 /** Chunks written concurrently (disjoint ranges), so the disk never idles during map updates. */
 const STORE_WINDOW = 2;
@@ -373,7 +379,11 @@ export class ReplicaVolume implements BlockDevice {
   }
 
   private async runCopy(opts: CopyOptions): Promise<CopyProgress> {
-    const chunkBlocks = opts.chunkBlocks ?? DEFAULT_CHUNK_BLOCKS;
+    const chunkBlocks =
+      opts.chunkBlocks ??
+      (this.kernelCopy
+        ? Math.max(DEFAULT_CHUNK_BLOCKS, Math.floor(KERNEL_CHUNK_BYTES / this.blockSize))
+        : DEFAULT_CHUNK_BLOCKS);
     if (!Number.isSafeInteger(chunkBlocks) || chunkBlocks < 1)
       throw invalidInput(`chunkBlocks must be a positive integer`);
     const start = opts.startBlock ?? 0;
