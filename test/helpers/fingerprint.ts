@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Inventory } from '../../src/fleet/inventory';
@@ -10,10 +10,15 @@ import type { Inventory } from '../../src/fleet/inventory';
 export function fleetFingerprint(dataDir: string, inventory: Inventory): string {
   const hash = createHash('sha256');
   hash.update(JSON.stringify(inventory.snapshot()));
-  const hostsDir = path.join(dataDir, 'hosts');
-  const files = fs.existsSync(hostsDir)
-    ? (fs.readdirSync(hostsDir, { recursive: true }) as string[])
-        .map((f) => path.join(hostsDir, f))
+  hashTree(hash, dataDir, path.join(dataDir, 'hosts'));
+  return hash.digest('hex');
+}
+
+/** Adds every file under `dir` (its path relative to `dataDir`, then its bytes) to `hash`, in order. */
+export function hashTree(hash: Hash, dataDir: string, dir: string): void {
+  const files = fs.existsSync(dir)
+    ? (fs.readdirSync(dir, { recursive: true }) as string[])
+        .map((f) => path.join(dir, f))
         .filter((f) => fs.statSync(f).isFile())
         .sort()
     : [];
@@ -21,5 +26,4 @@ export function fleetFingerprint(dataDir: string, inventory: Inventory): string 
     hash.update(path.relative(dataDir, file));
     hash.update(fs.readFileSync(file));
   }
-  return hash.digest('hex');
 }

@@ -12,7 +12,7 @@ import type { SnapshotStore } from '../../src/fleet/snapshot-store';
 import type { Workload } from '../../src/fleet/workload';
 import { overlayLoggedWrites, type WorkloadLogEntry } from '../../src/fleet/workload-log';
 import type { RunningWorkers } from '../../src/worker';
-import { fleetFingerprint } from './fingerprint';
+import { fleetFingerprint, hashTree } from './fingerprint';
 
 /** Every byte of a committed snapshot, read (and hash-verified) through the store. */
 export async function snapshotBytes(
@@ -48,17 +48,7 @@ export function imagePath(dataDir: string, hostId: string, volumeId: string): st
 /** fleetFingerprint (inventory and every host file) plus every object of the snapshot store. */
 export function dataFingerprint(dataDir: string, inventory: Inventory): string {
   const hash = createHash('sha256').update(fleetFingerprint(dataDir, inventory));
-  const root = objectStoreRoot(dataDir);
-  const files = fs.existsSync(root)
-    ? (fs.readdirSync(root, { recursive: true }) as string[])
-        .map((f) => path.join(root, f))
-        .filter((f) => fs.statSync(f).isFile())
-        .sort()
-    : [];
-  for (const file of files) {
-    hash.update(path.relative(dataDir, file));
-    hash.update(fs.readFileSync(file));
-  }
+  hashTree(hash, dataDir, objectStoreRoot(dataDir));
   return hash.digest('hex');
 }
 

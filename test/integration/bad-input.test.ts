@@ -3,11 +3,11 @@ import { ApplicationFailure } from '@temporalio/common';
 import {
   CONTROL_TASK_QUEUE,
   ErrorType,
-  MiB,
   type FleetLayout,
   type LiveMigrationInput,
 } from '../../src/contracts';
 import { openInventory, type Inventory } from '../../src/fleet/inventory';
+import { BAD_INPUT_FLEET } from '../helpers/bad-inputs';
 import { startCluster, type TestCluster } from '../helpers/cluster';
 import { fleetFingerprint } from '../helpers/fingerprint';
 
@@ -25,16 +25,7 @@ describe('bad migration input (integration)', () => {
     layout = await cluster.client.workflow.execute('fleetInit', {
       taskQueue: CONTROL_TASK_QUEUE,
       workflowId: 'it-bad-fleet',
-      args: [
-        {
-          hosts: 3,
-          instances: 5,
-          volumeSizeBytes: 1 * MiB,
-          workload: { writeBytesPerSec: 0, writeSize: 4096 },
-          instanceShape: { vcpu: 2, memoryMiB: 4096 },
-          hostCapacity: { vcpu: 4, memoryMiB: 8192, diskBytes: 64 * MiB },
-        },
-      ],
+      args: [BAD_INPUT_FLEET],
     });
     inventory = openInventory(cluster.dataDir);
   });
