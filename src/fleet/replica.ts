@@ -55,6 +55,13 @@ export const DEFAULT_CHUNK_BLOCKS = 64;
  * time at 4 MiB chunks). A kill still re-copies at most one chunk.
  */
 const KERNEL_CHUNK_BYTES = 32 * 1024 * 1024;
+
+/** Blocks per chunk of the background copy by default: what a kill re-copies at most. */
+export function copyChunkBlocks(blockSize: number, kernelCopy: boolean): number {
+  return kernelCopy
+    ? Math.max(DEFAULT_CHUNK_BLOCKS, Math.floor(KERNEL_CHUNK_BYTES / blockSize))
+    : DEFAULT_CHUNK_BLOCKS;
+}
 const TRANSFER_ATTEMPTS = 3;
 /** Chunks written concurrently (disjoint ranges), so the disk never idles during map updates. */
 const STORE_WINDOW = 2;
@@ -379,11 +386,7 @@ export class ReplicaVolume implements BlockDevice {
   }
 
   private async runCopy(opts: CopyOptions): Promise<CopyProgress> {
-    const chunkBlocks =
-      opts.chunkBlocks ??
-      (this.kernelCopy
-        ? Math.max(DEFAULT_CHUNK_BLOCKS, Math.floor(KERNEL_CHUNK_BYTES / this.blockSize))
-        : DEFAULT_CHUNK_BLOCKS);
+    const chunkBlocks = opts.chunkBlocks ?? copyChunkBlocks(this.blockSize, this.kernelCopy);
     if (!Number.isSafeInteger(chunkBlocks) || chunkBlocks < 1)
       throw invalidInput(`chunkBlocks must be a positive integer`);
     const start = opts.startBlock ?? 0;

@@ -16,7 +16,8 @@ import { checkFleet } from '../../src/fleet/fleet-check';
 import type { InstanceRecord as HostInstanceRecord } from '../../src/fleet/host-agent';
 import { openInventory, type Inventory } from '../../src/fleet/inventory';
 import { patternBytes, volumePatternSeed } from '../../src/fleet/pattern';
-import { DEFAULT_CHUNK_BLOCKS } from '../../src/fleet/replica';
+import { kernelCopyAvailable } from '../../src/fleet/kernel-copy';
+import { copyChunkBlocks } from '../../src/fleet/replica';
 import {
   overlayLoggedWrites,
   readWorkloadLog,
@@ -467,7 +468,8 @@ class CrashRun {
           })
         ).map((v) => `${v.kind}: ${v.message}`),
       ];
-      const chunkBytes = DEFAULT_CHUNK_BLOCKS * DEFAULT_BLOCK_SIZE;
+      // Chunks as the engine cuts them here (larger when the kernel copies): a kill may re-copy one.
+      const chunkBytes = copyChunkBlocks(DEFAULT_BLOCK_SIZE, kernelCopyAvailable()) * DEFAULT_BLOCK_SIZE;
       let recopiedBytes = 0;
       let maxPerKill = 0;
       for (const run of this.runs) {
