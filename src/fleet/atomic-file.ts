@@ -8,10 +8,19 @@ import * as path from 'node:path';
  * (or a process restarted after a SIGKILL) sees the old content or the new, never a torn mix. No
  * fsync: a killed process loses nothing the kernel already has.
  *
- * Temp names are `<final name>.tmp-<writer pid>-<random>`: the pid tells a cleanup whether the
- * writer may still be at work, the random part keeps two writers in one process apart.
+ * Temp names are `<final name>.tmp-<writer pid>-<hex>`: the pid tells a cleanup whether the
+ * writer may still be at work, the hex part (a random start per process, then a counter) keeps two
+ * writers apart without a random draw per file.
  */
 const TEMP_NAME = /^(.+)\.tmp-(\d+)-[0-9a-f]+$/;
+const tempPrefix = `${process.pid}-${randomBytes(4).toString('hex')}`;
+let tempCount = 0;
+
+/** The final name and writer pid of a temp name tempPath made (a path or a bare name); else undefined. */
+export function parseTempName(name: string): { finalName: string; pid: number } | undefined {
+  const m = TEMP_NAME.exec(name);
+  return m ? { finalName: m[1], pid: Number(m[2]) } : undefined;
+}
 
 export function isNoEnt(err: unknown): boolean {
   return (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
@@ -29,7 +38,7 @@ export function processAlive(pid: number): boolean {
 
 /** A unique sibling name for writing a file before renaming it into place. */
 export function tempPath(finalPath: string): string {
-  return `${finalPath}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  return `${finalPath}.tmp-${tempPrefix}${(tempCount++).toString(16).padStart(8, '0')}`;
 }
 
 export async function writeFileAtomic(finalPath: string, data: string | Buffer): Promise<void> {
@@ -73,8 +82,8 @@ export async function removeTemps(
     throw err;
   }
   for (const name of names) {
-    const m = TEMP_NAME.exec(name);
-    if (m && isFor(m[1]) && (all || !processAlive(Number(m[2])))) {
+    const temp = parseTempName(name);
+    if (temp && isFor(temp.finalName) && (all || !processAlive(temp.pid))) {
       await rm(path.join(dir, name), { force: true });
     }
   }

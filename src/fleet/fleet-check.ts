@@ -8,7 +8,7 @@ import {
   formatExactBytes,
   ZERO_RESOURCES,
 } from '../planning/placement';
-import { processAlive } from './atomic-file';
+import { parseTempName, processAlive } from './atomic-file';
 import type { InstanceRecord as HostInstanceRecord } from './host-agent';
 import { HostStore, type VolumeSidecar } from './host-store';
 import type { Inventory } from './inventory';
@@ -74,8 +74,6 @@ export function oversubscriptionRatio(host: HostRecord): number {
     : DEFAULT_OVERSUBSCRIPTION_RATIO;
 }
 
-/** `<final name>.tmp-<writer pid>-<hex>`, as atomic-file.ts and object-store.ts name their temps. */
-const TEMP_NAME = /^(.+)\.tmp-(\d+)-[0-9a-f]+$/;
 /** `<volumeId>.<captureId>.<pid>.spill`, as volume-capture.ts names its spill files. */
 const SPILL_NAME = /^([a-z0-9-]+)\.([a-z0-9-]+)\.(\d+)\.spill$/;
 const VOLUME_FILE = /^(.+)\.(img|json|map)$/;
@@ -396,14 +394,14 @@ class FleetCheck {
 
   /** True if `name` is a temp file; reported when the process that wrote it is gone. */
   private checkTemp(dir: string, name: string): boolean {
-    const m = TEMP_NAME.exec(name);
-    if (!m) return false;
-    if (!processAlive(Number(m[2]))) {
+    const temp = parseTempName(name);
+    if (!temp) return false;
+    if (!processAlive(temp.pid)) {
       const file = this.rel(path.join(dir, name));
       this.add(
         'orphan-temp',
         file,
-        `${file} is a temp file of an interrupted write of ${m[1]} by a process (pid ${m[2]}) that is gone: delete it`,
+        `${file} is a temp file of an interrupted write of ${temp.finalName} by a process (pid ${temp.pid}) that is gone: delete it`,
       );
     }
     return true;

@@ -1,8 +1,7 @@
 import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import { invalidInput } from '../contracts';
-import { randomBytes } from 'node:crypto';
-import { isNoEnt, processAlive } from './atomic-file';
+import { isNoEnt, parseTempName, processAlive, tempPath } from './atomic-file';
 
 /**
  * The network storage service seen as a flat key → bytes map, small enough that an S3-compatible
@@ -28,13 +27,7 @@ export interface ObjectStore {
 }
 
 const SEGMENT = /^[a-z0-9.-]+$/;
-/** Temp names written by atomic-file's tempPath: `<name>.tmp-<pid>-<hex>`. */
-const TEMP_NAME = /\.tmp-(\d+)-[0-9a-f]+$/;
 const MAX_KEY_LENGTH = 1024;
-/** Temp names as tempPath makes them, from a counter after a random start: one randomBytes per process, not per put. */
-const tempPrefix = `${process.pid}-${randomBytes(4).toString('hex')}`;
-let tempCount = 0;
-const tempOf = (file: string) => `${file}.tmp-${tempPrefix}${(tempCount++).toString(16).padStart(8, '0')}`;
 
 /** Throws InvalidInput unless `key` is a relative path of safe segments (no '..', no '/' at either end). */
 export function assertObjectKey(key: string, allowPrefix = false): string {
@@ -47,7 +40,7 @@ export function assertObjectKey(key: string, allowPrefix = false): string {
     segments.every(
       (s, i) => (s === '' && allowPrefix && i === last) || (SEGMENT.test(s) && s !== '.' && s !== '..'),
     ) &&
-    !TEMP_NAME.test(key);
+    !parseTempName(key);
   if (!ok) {
     throw invalidInput(
       `object key ${JSON.stringify(String(key).slice(0, 200))} is not valid: use '/'-separated segments of a-z, 0-9, '-' and '.', with no '.' or '..' segment`,
@@ -76,7 +69,7 @@ export class FileObjectStore implements ObjectStore {
   async put(key: string, data: Buffer | readonly Buffer[]): Promise<void> {
     const file = this.fileOf(key);
     const buffers = Buffer.isBuffer(data) ? [data] : data;
-    const tmp = tempOf(file);
+    const tmp = tempPath(file);
     try {
       try {
         await writeAll(tmp, buffers);
@@ -156,7 +149,7 @@ export class FileObjectStore implements ObjectStore {
     const base = slash < 0 ? '' : prefix.slice(0, slash);
     const keys: string[] = [];
     await this.walk(base, (key) => {
-      if (key.startsWith(prefix) && !TEMP_NAME.test(key)) keys.push(key);
+      if (key.startsWith(prefix) && !parseTempName(key)) keys.push(key);
     });
     return keys.sort();
   }
@@ -166,8 +159,8 @@ export class FileObjectStore implements ObjectStore {
     const slash = prefix.lastIndexOf('/');
     let freed = 0;
     await this.walk(slash < 0 ? '' : prefix.slice(0, slash), async (key) => {
-      const m = TEMP_NAME.exec(key);
-      if (!m || !key.startsWith(prefix) || processAlive(Number(m[1]))) return;
+      const temp = parseTempName(key);
+      if (!temp || !key.startsWith(prefix) || processAlive(temp.pid)) return;
       const file = path.join(this.root, ...key.split('/'));
       try {
         freed += (await stat(file)).size;
