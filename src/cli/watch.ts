@@ -5,6 +5,7 @@ import {
   formatBytes,
   formatRate,
   setBandwidthUpdate,
+  shown,
   WorkflowType,
   type FleetLayout,
   type LiveMigrationResult,
@@ -31,7 +32,7 @@ async function existing(client: Client, workflowId: string) {
   } catch (err) {
     if (err instanceof WorkflowNotFoundError) {
       throw new Error(
-        `no workflow ${JSON.stringify(workflowId.slice(0, 200))}${workflowId.length > 200 ? '…' : ''} in this namespace: check the id (the Web UI lists them)`,
+        `no workflow ${shown(workflowId)} in this namespace: check the id (the Web UI lists them)`,
       );
     }
     throw err;

@@ -19,7 +19,7 @@ const MAX_INSTANCE_MEMORY_MIB = 64 * 1024 * 1024;
 export const MAX_WRITE_SIZE = MiB;
 
 /** A bad value as the operator typed it: NaN and Infinity stay readable, long strings are cut. */
-function shown(value: unknown): string {
+export function shown(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value.slice(0, 200));
   if (typeof value === 'object' && value !== null) {
     const json = JSON.stringify(value);

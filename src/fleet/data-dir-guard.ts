@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { invalidInput } from '../contracts';
+import { invalidInput, shown } from '../contracts';
 
 /**
  * What rehome itself keeps in its data dir: host disks (images, records, captures, restores), the
@@ -22,7 +22,7 @@ export function assertOutsideDataDir(field: string, file: string, dataDir: strin
   const top = inside.split(path.sep)[0];
   if (inside === '' || (!inside.startsWith('..') && !path.isAbsolute(inside) && MANAGED.test(top))) {
     throw invalidInput(
-      `${field} ${JSON.stringify(file.slice(0, 200))} is part of rehome's own data in ${dataDir} (its images, inventory or snapshots): give a path outside it`,
+      `${field} ${shown(file)} is part of rehome's own data in ${dataDir} (its images, inventory or snapshots): give a path outside it`,
     );
   }
   return file;

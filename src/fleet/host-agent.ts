@@ -18,7 +18,7 @@ import type { BlockDevice } from './block-device';
 import type { BlockSource } from './block-source';
 import { checkVolumeMeta, HostStore, type VolumeMeta } from './host-store';
 import { ReplicaVolume } from './replica';
-import { writeFully } from './volume';
+import { rangeBytes, writeFully } from './volume';
 import { VolumeCapture, capturesDir, removeStaleSpills, type VolumeCaptureOptions } from './volume-capture';
 import { Workload, type PauseResult } from './workload';
 import { lastLoggedSeq, nowMs } from './workload-log';
@@ -760,10 +760,7 @@ export class HostAgent {
     const lost = `source host ${sourceHostId} is lost (unreadable for ${formatDuration(downMs)}: ${why})`;
     const where = `volume ${volumeId} of instance ${record?.instanceId ?? '(unknown)'} on ${this.hostId}`;
     if (missing.length > 0) {
-      const bytes = missing.reduce(
-        (sum, i) => sum + Math.min(replica.blockSize, replica.sizeBytes - i * replica.blockSize),
-        0,
-      );
+      const bytes = missing.reduce((sum, i) => sum + rangeBytes(replica, i, 1), 0);
       return dataIntegrity(
         `${lost}: ${where} lacks ${missing.length} of ${replica.blockCount} blocks (${formatBytes(bytes)}) that were never copied from it, data at risk in blocks ${formatList(missing)}; ` +
           `the instance runs on ${this.hostId} but reading those blocks fails until ${sourceHostId}'s disk is back or the volume is restored from a snapshot`,
