@@ -1,4 +1,3 @@
-import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { Command } from 'commander';
 import {
   formatBytes,
@@ -11,6 +10,7 @@ import {
 } from '../contracts';
 import { checkFleet, type FleetViolation } from '../fleet/fleet-check';
 import type { Inventory } from '../fleet/inventory';
+import { runningWorkflows } from '../temporal/running-workflows';
 import { CliContext } from './context';
 import { errorLine } from './errors';
 import { keyValues, table } from './format';
@@ -138,27 +138,6 @@ export function registerFleet(program: Command): void {
       'check the fleet invariants (one host per instance, capacity, images where and as big as the inventory says, no orphans); exits 1 listing violations',
     )
     .action((_opts: unknown, command: Command) => checkCommand(CliContext.of(command)));
-}
-
-/** Workflow ids described at once by `fleet check`: enough to be quick, few enough not to flood the server. */
-const DESCRIBE_CONCURRENCY = 8;
-
-/** Which of `ids` are running: a workflow not found, or closed, is not. */
-async function runningWorkflows(client: Client, ids: string[]): Promise<Set<string>> {
-  const running = new Set<string>();
-  for (let n = 0; n < ids.length; n += DESCRIBE_CONCURRENCY) {
-    await Promise.all(
-      ids.slice(n, n + DESCRIBE_CONCURRENCY).map(async (id) => {
-        try {
-          const description = await client.workflow.getHandle(id).describe();
-          if (description.status.name === 'RUNNING') running.add(id);
-        } catch (err) {
-          if (!(err instanceof WorkflowNotFoundError)) throw err;
-        }
-      }),
-    );
-  }
-  return running;
 }
 
 /**

@@ -13,6 +13,7 @@ import {
   type MigrationProgress,
 } from '../../src/contracts';
 import { checkFleet } from '../../src/fleet/fleet-check';
+import { runningWorkflows } from '../../src/temporal/running-workflows';
 import type { InstanceRecord as HostInstanceRecord } from '../../src/fleet/host-agent';
 import { openInventory, type Inventory } from '../../src/fleet/inventory';
 import { patternBytes, volumePatternSeed } from '../../src/fleet/pattern';
@@ -504,20 +505,6 @@ class CrashRun {
       inventory.close();
     }
   }
-}
-
-/** Which of these workflow ids are still running, for the fleet checker. */
-export async function runningWorkflows(client: Client, ids: string[]): Promise<Set<string>> {
-  const running = new Set<string>();
-  for (const id of ids) {
-    try {
-      const { status } = await client.workflow.getHandle(id).describe();
-      if (status.name === 'RUNNING') running.add(id);
-    } catch {
-      // unknown to the server: not running
-    }
-  }
-  return running;
 }
 
 export interface ImageCheckResult {

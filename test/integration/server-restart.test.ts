@@ -7,7 +7,8 @@ import {
 } from '../../src/contracts';
 import { checkFleet } from '../../src/fleet/fleet-check';
 import { openInventory } from '../../src/fleet/inventory';
-import { checkImages, runningWorkflows } from '../helpers/crash-driver';
+import { runningWorkflows } from '../../src/temporal/running-workflows';
+import { checkImages } from '../helpers/crash-driver';
 import { startProcessCluster, type ProcessCluster } from '../helpers/process-cluster';
 
 // Issue 4, part 3: the embedded Temporal server is stopped and started again (same ports, same
