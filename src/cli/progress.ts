@@ -111,6 +111,22 @@ export function migrationSummary(r: LiveMigrationResult): string {
           ] as [string, string],
         ]
       : []),
+    ...(r.bytesRecopied
+      ? [
+          ['copied twice', `${formatBytes(r.bytesRecopied)} (a copy interrupted and resumed)`] as [
+            string,
+            string,
+          ],
+        ]
+      : []),
+    ...(r.sourceReleased === false
+      ? [
+          [
+            'source',
+            `${r.sourceHostId} never answered its release: delete its stale copy of ${r.instanceId} if it returns`,
+          ] as [string, string],
+        ]
+      : []),
     ...(r.cancelRefused ? [['cancel', 'refused: it arrived after the switch'] as [string, string]] : []),
   ]);
 }

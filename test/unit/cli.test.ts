@@ -9,6 +9,7 @@ import { main } from '../../src/cli';
 import { errorLine } from '../../src/cli/errors';
 import { migrationInput, migrationOutcome, restoredLine } from '../../src/cli/migrate';
 import { restoreInput, restoreProgressLine, restoreRequest, restoreSummary } from '../../src/cli/restore';
+import { migrationSummary } from '../../src/cli/progress';
 import { parseCount, parseRate, parseSize } from '../../src/cli/sizes';
 import {
   deleteResultText,
@@ -716,6 +717,21 @@ function migrationResult(): LiveMigrationResult {
     cancelRefused: false,
   };
 }
+
+describe('migration summary', () => {
+  test('says when the source never answered its release and when bytes were copied twice', () => {
+    const plain = migrationSummary(migrationResult());
+    expect(plain).not.toContain('never answered');
+    expect(plain).not.toContain('copied twice');
+    const rough = migrationSummary({
+      ...migrationResult(),
+      sourceReleased: false,
+      bytesRecopied: 4 * 1024 * 1024,
+    });
+    expect(rough).toMatch(/h-1 never answered its release: delete its stale copy of i-3/);
+    expect(rough).toMatch(/copied twice\s+│\s+4 MiB/);
+  });
+});
 
 describe('rehome status results', () => {
   test('describes each workflow type in one line instead of raw JSON', () => {
