@@ -610,8 +610,10 @@ describe('rehome snapshot list and show over a snapshot store', () => {
   beforeEach(() => {
     out = [];
     err = [];
-    jest.spyOn(console, 'log').mockImplementation((line: unknown) => void out.push(String(line)));
-    jest.spyOn(console, 'error').mockImplementation((line: unknown) => void err.push(String(line)));
+    captureConsole(
+      () => out,
+      () => err,
+    );
   });
   afterEach(() => jest.restoreAllMocks());
 
@@ -700,6 +702,12 @@ function snapshotInfo(snapshotId: string, instanceId: string, volumeId: string):
     bytesUploaded: 128 * 1024,
     bytesTotal: 256 * 1024,
   };
+}
+
+/** What the CLI prints goes to the arrays `out()` and `err()` return at the time of each line. */
+function captureConsole(out: () => string[], err: () => string[]): void {
+  jest.spyOn(console, 'log').mockImplementation((line: unknown) => void out().push(String(line)));
+  jest.spyOn(console, 'error').mockImplementation((line: unknown) => void err().push(String(line)));
 }
 
 function migrationResult(): LiveMigrationResult {
@@ -806,8 +814,10 @@ describe('rehome fleet check', () => {
   beforeEach(() => {
     out = [];
     err = [];
-    jest.spyOn(console, 'log').mockImplementation((line: unknown) => void out.push(String(line)));
-    jest.spyOn(console, 'error').mockImplementation((line: unknown) => void err.push(String(line)));
+    captureConsole(
+      () => out,
+      () => err,
+    );
   });
   afterEach(() => jest.restoreAllMocks());
 
