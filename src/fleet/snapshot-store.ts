@@ -30,7 +30,8 @@ import {
   type PackEntry,
   type PackInfo,
 } from './chunk-pack';
-import type { ObjectStore } from './object-store';
+import { isFileRange, readFileRange, subRange, type FileRange, type PatchedRange } from './file-range';
+import type { ObjectPart, ObjectStore } from './object-store';
 import { SnapshotLocks } from './snapshot-locks';
 
 /**
@@ -93,6 +94,23 @@ export interface UploadFromOptions {
 
 /** Reads volume bytes at `position` into `target`; returns bytes read (0 at the end). */
 export type ReadAt = (position: number, target: Buffer) => Promise<number>;
+
+/**
+ * Hands the `length` volume bytes at `position` to `use`, either read into `scratch` (large enough)
+ * or lent in place in a file; they stay as they are until `use` resolves, and no longer.
+ */
+export type LendAt = (
+  position: number,
+  length: number,
+  scratch: Buffer,
+  use: (bytes: Buffer | PatchedRange) => Promise<void>,
+) => Promise<void>;
+
+/** A chunk to store: its bytes in memory, or in place in a file. */
+interface NewChunk {
+  hash: string;
+  data: ObjectPart;
+}
 
 const OWNERS = 'snapshot-owners.d';
 const SOURCE_EVENT = /^[A-Za-z0-9][A-Za-z0-9:._/-]{0,199}$/;
@@ -355,6 +373,11 @@ export class SnapshotStore {
     return this.hasher.hashChunks(data, chunkSize);
   }
 
+  /** @internal */
+  hashFileChunks(range: FileRange, chunkSize: number): Promise<Buffer> {
+    return this.hasher.hashFileChunks(range, chunkSize);
+  }
+
   /** @internal A shared buffer of at least `size` bytes, an earlier upload's if one fits. */
   takeBuffer(size: number): Buffer {
     const i = this.spareBuffers.findIndex((b) => b.length >= size);
@@ -368,7 +391,7 @@ export class SnapshotStore {
   }
 
   /** @internal Stores chunks as packs (each pack, then its index) and adds them to the account index. */
-  async storePacks(account: string, chunks: { hash: string; data: Buffer }[]): Promise<void> {
+  async storePacks(account: string, chunks: NewChunk[]): Promise<void> {
     if (chunks.length === 0) return;
     const index = this.indexFor(account);
     // Concurrent putBlocks calls wait for these chunks instead of storing them a second time.
@@ -386,7 +409,7 @@ export class SnapshotStore {
     }
   }
 
-  private async writePacks(account: string, chunks: { hash: string; data: Buffer }[]): Promise<void> {
+  private async writePacks(account: string, chunks: NewChunk[]): Promise<void> {
     const index = this.indexFor(account);
     for (let start = 0, end = 0; start < chunks.length; start = end) {
       let bytes = 0;
@@ -705,45 +728,41 @@ export class SnapshotWriter {
   }
 
   /**
-   * Stores whole chunks starting at `firstChunk` (data may span many chunks; only the volume's last
-   * chunk may be short). Chunks the account already stores are not stored again. Resolves with the
-   * bytes actually uploaded, once they and the chunk hashes are durable.
+   * Stores whole chunks starting at `firstChunk` (the bytes may span many chunks; only the volume's
+   * last chunk may be short), given in a buffer or lent in place in a file. Chunks the account
+   * already stores are not stored again. Resolves with the bytes actually uploaded, once they and
+   * the chunk hashes are durable; lent bytes must stay unchanged until then.
    */
-  async putBlocks(firstChunk: number, data: Buffer): Promise<number> {
+  async putBlocks(firstChunk: number, bytes: Buffer | PatchedRange): Promise<number> {
     if (this.state === 'committed') return 0; // an earlier attempt finished: nothing to add
     this.assertOpen();
     const { account, snapshotId, chunkSize, sizeBytes } = this.meta;
-    const count = Math.ceil(data.length / chunkSize);
+    const length = Buffer.isBuffer(bytes) ? bytes.length : bytes.range.length;
+    const count = Math.ceil(length / chunkSize);
     const expected = Math.min(sizeBytes, (firstChunk + count) * chunkSize) - firstChunk * chunkSize;
     if (!Number.isSafeInteger(firstChunk) || firstChunk < 0 || firstChunk + count > this.chunkCount) {
       throw invalidInput(
         `chunks ${firstChunk}..${firstChunk + count - 1} are outside snapshot ${snapshotId} (chunks 0..${this.chunkCount - 1})`,
       );
     }
-    if (data.length === 0 || data.length !== expected) {
+    if (length === 0 || length !== expected) {
       throw invalidInput(
-        `putBlocks for snapshot ${snapshotId} got ${data.length} bytes at chunk ${firstChunk}: give whole ${chunkSize}-byte chunks (${expected} bytes for ${count} chunk(s) here)`,
+        `putBlocks for snapshot ${snapshotId} got ${length} bytes at chunk ${firstChunk}: give whole ${chunkSize}-byte chunks (${expected} bytes for ${count} chunk(s) here)`,
       );
     }
-    const digests = await this.store.hashChunks(data, chunkSize);
+    const chunks = Buffer.isBuffer(bytes) ? await this.chunksOf(bytes) : await this.chunksInPlace(bytes);
     await this.refreshLock();
     const index = this.store.indexFor(account);
-    const fresh: { hash: string; data: Buffer }[] = [];
+    const fresh: NewChunk[] = [];
     const seen = new Set<string>();
     const storedElsewhere = new Set<Promise<boolean>>();
-    const hashes: string[] = [];
-    for (let i = 0; i < count; i++) {
-      const hash = digests.toString('hex', i * HASH_BYTES, (i + 1) * HASH_BYTES);
-      hashes.push(hash);
-      if (index.has(hash) || seen.has(hash)) continue;
-      seen.add(hash);
-      const pending = index.pending.get(hash); // a concurrent call is storing it right now
-      if (pending) {
-        storedElsewhere.add(pending);
-      } else {
-        const end = Math.min(data.length, (i + 1) * chunkSize);
-        fresh.push({ hash, data: data.subarray(i * chunkSize, end) });
-      }
+    const hashes = chunks.map((c) => c.hash);
+    for (const chunk of chunks) {
+      if (index.has(chunk.hash) || seen.has(chunk.hash)) continue;
+      seen.add(chunk.hash);
+      const pending = index.pending.get(chunk.hash); // a concurrent call is storing it right now
+      if (pending) storedElsewhere.add(pending);
+      else fresh.push(chunk);
     }
     await this.store.storePacks(account, fresh);
     // The piece must name only durable chunks, those a concurrent call was storing included.
@@ -760,12 +779,55 @@ export class SnapshotWriter {
     return bytesUploaded;
   }
 
+  private async chunksOf(data: Buffer): Promise<NewChunk[]> {
+    const { chunkSize } = this.meta;
+    const digests = await this.store.hashChunks(data, chunkSize);
+    return Array.from({ length: digests.length / HASH_BYTES }, (_, i) => ({
+      hash: digests.toString('hex', i * HASH_BYTES, (i + 1) * HASH_BYTES),
+      data: data.subarray(i * chunkSize, Math.min(data.length, (i + 1) * chunkSize)),
+    }));
+  }
+
+  /**
+   * The chunks of lent bytes: hashed in place, and stored from the file, except those with an
+   * override (blocks written since the capture's instant), which are read, patched and hashed here.
+   */
+  private async chunksInPlace({ range, overrides }: PatchedRange): Promise<NewChunk[]> {
+    const { chunkSize } = this.meta;
+    const digests = await this.store.hashFileChunks(range, chunkSize);
+    const chunks: NewChunk[] = Array.from({ length: digests.length / HASH_BYTES }, (_, i) => ({
+      hash: digests.toString('hex', i * HASH_BYTES, (i + 1) * HASH_BYTES),
+      data: subRange(range, i * chunkSize, Math.min(range.length, (i + 1) * chunkSize) - i * chunkSize),
+    }));
+    const patched = new Map<number, Buffer>();
+    for (const [offset, data] of overrides) {
+      const i = Math.floor(offset / chunkSize);
+      let chunk = patched.get(i);
+      if (!chunk) {
+        chunk = await readFileRange(chunks[i].data as FileRange);
+        patched.set(i, chunk);
+      }
+      data.copy(chunk, offset - i * chunkSize);
+    }
+    for (const [i, data] of patched) chunks[i] = { hash: chunkHash(data), data };
+    return chunks;
+  }
+
   /**
    * Reads the volume through `read` and stores it from `fromChunk` (default nextChunk) to the end,
    * reading, hashing and storing several batches at once. Batches whose chunks are all durable
    * already are skipped. Returns the bytes uploaded by this call.
    */
-  async uploadFrom(read: ReadAt, options: UploadFromOptions = {}): Promise<number> {
+  uploadFrom(read: ReadAt, options: UploadFromOptions = {}): Promise<number> {
+    return this.uploadLent(async (position, length, scratch, use) => {
+      const target = scratch.subarray(0, length);
+      await readFully(read, position, target);
+      await use(target);
+    }, options);
+  }
+
+  /** As uploadFrom, with the volume's bytes handed over batch by batch (e.g. lent in place). */
+  async uploadLent(lend: LendAt, options: UploadFromOptions = {}): Promise<number> {
     if (this.state === 'committed') return 0;
     this.assertOpen();
     const { chunkSize, sizeBytes } = this.meta;
@@ -797,10 +859,10 @@ export class SnapshotWriter {
         const count = Math.min(batchChunks, this.chunkCount - first);
         if (!this.allKnown(first, count)) {
           const bytes = Math.min(sizeBytes, (first + count) * chunkSize) - first * chunkSize;
-          const target = buffer.subarray(0, bytes);
-          await readFully(read, first * chunkSize, target);
-          const uploaded = await this.putBlocks(first, target);
-          uploadedHere += uploaded;
+          await lend(first * chunkSize, bytes, buffer, async (batch) => {
+            const uploaded = await this.putBlocks(first, batch); // not `+= await`: lanes interleave
+            uploadedHere += uploaded;
+          });
         }
         doneBatches[b] = true;
         let advanced = false;
@@ -903,15 +965,30 @@ export class SnapshotWriter {
   }
 }
 
-/** Joins views that are adjacent in memory (a run of new chunks from one batch) into one, without copying. */
-function coalesce(buffers: Buffer[]): Buffer[] {
-  const out: Buffer[] = [];
-  for (const b of buffers) {
+/**
+ * Joins parts that are adjacent (a run of new chunks from one batch: views of one buffer, or ranges
+ * of one file) into one, without copying.
+ */
+function coalesce(parts: ObjectPart[]): ObjectPart[] {
+  const out: ObjectPart[] = [];
+  for (const p of parts) {
     const last = out[out.length - 1];
-    if (last && last.buffer === b.buffer && last.byteOffset + last.length === b.byteOffset) {
-      out[out.length - 1] = Buffer.from(b.buffer, last.byteOffset, last.length + b.length);
+    if (
+      isFileRange(p) &&
+      isFileRange(last) &&
+      last.fd === p.fd &&
+      last.position + last.length === p.position
+    ) {
+      out[out.length - 1] = subRange(last, 0, last.length + p.length);
+    } else if (
+      Buffer.isBuffer(p) &&
+      Buffer.isBuffer(last) &&
+      last.buffer === p.buffer &&
+      last.byteOffset + last.length === p.byteOffset
+    ) {
+      out[out.length - 1] = Buffer.from(p.buffer, last.byteOffset, last.length + p.length);
     } else {
-      out.push(b);
+      out.push(p);
     }
   }
   return out;

@@ -4,6 +4,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { blockCountOf, invalidInput, invalidState } from '../contracts';
 import { isNoEnt, processAlive } from './atomic-file';
 import type { BlockDevice } from './block-device';
+import type { FileRef, PatchedRange } from './file-range';
 import { RangeLock } from './range-lock';
 import { checkBlockRange, checkByteRange, rangeBytes, readFully, writeFully } from './volume';
 
@@ -226,14 +227,7 @@ export class VolumeCapture {
     const last = first + count - 1;
     const release = await this.lock.acquire(first, last);
     try {
-      // Checked under the lock: a concurrent read of the same blocks may just have released them.
-      for (let b = first; b <= last; b++) {
-        if (this.state[b] === DONE) {
-          throw invalidState(
-            `capture ${this.captureId} of volume ${this.volumeId} on host ${this.hostId} already handed out block ${b} and no longer holds its content: open a new capture (a new instant) to read it again`,
-          );
-        }
-      }
+      this.checkNotHandedOut(first, last);
       // Pending blocks are as they were at the instant: any write to them waits for this lock.
       const out = await this.inner.read(first * this.blockSize, rangeBytes(this, first, count), opts.into);
       for (let b = first; b <= last; b++) {
@@ -246,6 +240,67 @@ export class VolumeCapture {
       return out;
     } finally {
       release();
+    }
+  }
+
+  /** True when the volume is one plain file, so lendBlocks can hand its blocks out in place. */
+  get lendsInPlace(): boolean {
+    return this.inner.file !== undefined;
+  }
+
+  /**
+   * Hands blocks [first, first + count) as of the instant to `use` without reading them: the
+   * image's range, with the old content of blocks written since the instant as overrides. Writes
+   * to these blocks wait until `use` resolves, which is what keeps the range at the instant, so
+   * keep `use` to one batch. The blocks count as read once it resolves.
+   */
+  async lendBlocks<T>(first: number, count: number, use: (lent: PatchedRange) => Promise<T>): Promise<T> {
+    this.checkReadable();
+    const file = this.inner.file;
+    if (!file) {
+      throw invalidState(
+        `volume ${this.volumeId} on host ${this.hostId} is not one plain file (a replica still reading through to its source): read its blocks instead`,
+      );
+    }
+    return this.track(this.lendRange(file, first, count, use));
+  }
+
+  private async lendRange<T>(
+    file: FileRef,
+    first: number,
+    count: number,
+    use: (lent: PatchedRange) => Promise<T>,
+  ): Promise<T> {
+    checkBlockRange(this, first, count);
+    const last = first + count - 1;
+    const release = await this.lock.acquire(first, last);
+    try {
+      this.checkNotHandedOut(first, last);
+      const overrides = new Map<number, Buffer>();
+      for (let b = first; b <= last; b++) {
+        if (this.state[b] !== PRESERVED) continue;
+        const old = Buffer.allocUnsafe(rangeBytes(this, b, 1));
+        await this.restore(b, old);
+        overrides.set((b - first) * this.blockSize, old);
+      }
+      const range = { ...file, position: first * this.blockSize, length: rangeBytes(this, first, count) };
+      const result = await use({ range, overrides });
+      this.checkReadable();
+      this.markDone(first, last);
+      return result;
+    } finally {
+      release();
+    }
+  }
+
+  /** Checked under the lock: a concurrent read of the same blocks may just have released them. */
+  private checkNotHandedOut(first: number, last: number): void {
+    for (let b = first; b <= last; b++) {
+      if (this.state[b] === DONE) {
+        throw invalidState(
+          `capture ${this.captureId} of volume ${this.volumeId} on host ${this.hostId} already handed out block ${b} and no longer holds its content: open a new capture (a new instant) to read it again`,
+        );
+      }
     }
   }
 

@@ -1,6 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { blockCountOf, invalidInput, invalidState } from '../contracts';
 import type { BlockDevice } from './block-device';
+import { fileRefOf, type FileRef } from './file-range';
 import { kernelCopy } from './kernel-copy';
 
 /** Geometry shared by plain volumes, replicas and block sources: the last block may be partial. */
@@ -93,11 +94,17 @@ export class Volume implements BlockDevice {
     readonly sizeBytes: number,
     readonly blockSize: number,
     private readonly fh: FileHandle,
+    readonly file: FileRef,
   ) {}
 
   static async open(imagePath: string, g: VolumeGeometry): Promise<Volume> {
     const fh = await open(imagePath, 'r+');
-    return new Volume(g.volumeId, g.sizeBytes, g.blockSize, fh);
+    try {
+      return new Volume(g.volumeId, g.sizeBytes, g.blockSize, fh, await fileRefOf(fh));
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
   }
 
   async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {

@@ -1,9 +1,11 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ErrorType, type SnapshotUploadMeta } from '../../src/contracts';
 import { ChunkHasher } from '../../src/fleet/chunk-hasher';
+import { fileRefOf } from '../../src/fleet/file-range';
 import { FileObjectStore, objectStoreRoot } from '../../src/fleet/object-store';
 import { patternBytes } from '../../src/fleet/pattern';
 import { SnapshotStore, type SnapshotWriter } from '../../src/fleet/snapshot-store';
@@ -140,6 +142,73 @@ describe('SnapshotStore', () => {
     const chunks = (await store.get('acct-1', 'snap-w')).chunks;
     expect(chunks.join('')).toBe(inline.toString('hex'));
     expect((await store.readChunks('acct-1', 'snap-w', 0, 128)).equals(image)).toBe(true);
+  });
+
+  /** The image written to a file, lent batch by batch as a capture lends it, with `overrides` laid over. */
+  async function lentSnapshot(m: SnapshotUploadMeta, file: string, overrides = new Map<number, Buffer>()) {
+    const fh = await open(file, 'r');
+    try {
+      const ref = await fileRefOf(fh);
+      const writer = await store.openUpload(m);
+      await writer.uploadLent(
+        async (position, length, _scratch, use) => {
+          const mine = new Map<number, Buffer>();
+          for (const [at, data] of overrides)
+            if (at >= position && at < position + length) mine.set(at - position, data);
+          await use({ range: { ...ref, position, length }, overrides: mine });
+        },
+        { batchBytes: 2 * MiB, inFlight: 2 },
+      );
+      return await writer.commit();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  it('stores bytes lent in place (hashed from the page cache, copied by the kernel) exactly as read ones', async () => {
+    const sizeBytes = 6 * MiB + 4096; // a short last chunk, batches hashed by workers and inline
+    const image = patternBytes('lent', sizeBytes);
+    const file = path.join(dir, 'lent.img');
+    writeFileSync(file, image);
+    // Blocks written after a capture's instant come as overrides: the snapshot holds the old bytes.
+    const atInstant = changeBlocks(image, [2, 40]);
+    const overrides = new Map([
+      [2 * BLOCK, atInstant.subarray(2 * BLOCK, 3 * BLOCK)],
+      [40 * BLOCK, atInstant.subarray(40 * BLOCK, 41 * BLOCK)],
+    ]);
+    const lent = await lentSnapshot(meta('snap-lent', { sizeBytes }), file, overrides);
+    expect(lent.bytesUploaded).toBe(sizeBytes);
+    expect((await readWhole('acct-1', 'snap-lent')).equals(atInstant)).toBe(true);
+    expect(readFileSync(file).equals(image)).toBe(true); // the lent file itself is untouched
+
+    // The same bytes read into buffers name the same chunks, and dedupe against the lent ones.
+    const read = await snapshot(meta('snap-read', { sizeBytes }), atInstant);
+    expect(read.bytesUploaded).toBe(0);
+    expect((await store.get('acct-1', 'snap-read')).chunks).toEqual(
+      (await store.get('acct-1', 'snap-lent')).chunks,
+    );
+    // And a lent upload dedupes against stored chunks the same way: only the two overridden blocks differ.
+    const again = await lentSnapshot(meta('snap-lent-2', { sizeBytes }), file);
+    expect(again.bytesUploaded).toBe(2 * BLOCK);
+    expect((await readWhole('acct-1', 'snap-lent-2')).equals(image)).toBe(true);
+  });
+
+  it('refuses to hash or store a lent range whose descriptor now names another file', async () => {
+    const file = path.join(dir, 'gone.img');
+    writeFileSync(file, patternBytes('gone', 2 * MiB));
+    const fh = await open(file, 'r');
+    const ref = await fileRefOf(fh);
+    await fh.close();
+    const other = await open(path.join(dir, 'other.img'), 'w+'); // may well reuse the descriptor number
+    try {
+      const writer = await store.openUpload(meta('snap-gone', { sizeBytes: 2 * MiB }));
+      await expect(
+        writer.putBlocks(0, { range: { ...ref, position: 0, length: 2 * MiB }, overrides: new Map() }),
+      ).rejects.toThrow(/no longer names the file it was lent for|EBADF/);
+      expect(packBytes(root, 'acct-1')).toBe(0);
+    } finally {
+      await other.close();
+    }
   });
 
   it('stores a chunk once per account: a second snapshot with 1% of blocks changed uploads about 1%', async () => {

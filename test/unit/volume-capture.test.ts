@@ -8,6 +8,8 @@ import { FleetRuntime } from '../../src/fleet/fleet-runtime';
 import type { HostAgent } from '../../src/fleet/host-agent';
 import { HostStore } from '../../src/fleet/host-store';
 import { patternBytes, volumePatternSeed } from '../../src/fleet/pattern';
+import type { BlockDevice } from '../../src/fleet/block-device';
+import { readFileRange, type PatchedRange } from '../../src/fleet/file-range';
 import { Volume } from '../../src/fleet/volume';
 import { VolumeCapture, capturesDir } from '../../src/fleet/volume-capture';
 import { overlayLoggedWrites, readWorkloadLog } from '../../src/fleet/workload-log';
@@ -25,6 +27,21 @@ function launchOf(instanceId: string, sizeBytes: number, writeBytesPerSec = 8 * 
     workload: { writeBytesPerSec, writeSize: 4 * KiB },
   };
   return launch;
+}
+
+/** 600 writes of 1 byte up to 3 blocks each at random offsets, all in flight at once. */
+function racingWrites(capture: VolumeCapture, size: number, blockSize: number): Promise<void>[] {
+  return Array.from({ length: 600 }, () => {
+    const length = 1 + crypto.randomInt(3 * blockSize);
+    return capture.device.write(crypto.randomInt(size - length), crypto.randomBytes(length));
+  });
+}
+
+/** The first block of every `blocks`-block range of the volume, in random order. */
+function shuffledRanges(size: number, blockSize: number, blocks: number): number[] {
+  return Array.from({ length: size / blockSize / blocks }, (_, i) => i * blocks).sort(
+    () => Math.random() - 0.5,
+  );
 }
 
 /** A pid no process has any more: that of a child that has exited. */
@@ -282,34 +299,39 @@ describe('VolumeCapture under concurrent writes and reads', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
-  test('reads racing unaligned multi-block writes still return the content at the instant', async () => {
+  async function captured(blockSize: number, size: number, memoryBytes: number) {
     const store = new HostStore(dataDir, 'h-1');
-    const size = 1 * MiB;
-    const blockSize = 4 * KiB;
     await store.createVolume(
       { volumeId: 'v-1', instanceId: 'i-1', sizeBytes: size, blockSize, userData: false },
       'pattern',
     );
     const volume = await store.openVolume('v-1');
+    const before = await volume.read(0, size);
+    const capture = new VolumeCapture({
+      captureId: 'c-1',
+      hostId: 'h-1',
+      device: volume,
+      spillDir: capturesDir(store.root),
+      options: { memoryBytes },
+    });
+    capture.begin(0, Date.now());
+    return { volume, before, capture };
+  }
+
+  /** What a lent range reads as: the file's bytes with the overrides laid over them. */
+  async function materialize({ range, overrides }: PatchedRange): Promise<Buffer> {
+    const data = await readFileRange(range);
+    for (const [offset, old] of overrides) old.copy(data, offset);
+    return data;
+  }
+
+  test('reads racing unaligned multi-block writes still return the content at the instant', async () => {
+    const size = 1 * MiB;
+    const blockSize = 4 * KiB;
+    const { volume, before, capture } = await captured(blockSize, size, 64 * KiB);
     try {
-      const before = await volume.read(0, size);
-      const capture = new VolumeCapture({
-        captureId: 'c-1',
-        hostId: 'h-1',
-        device: volume,
-        spillDir: capturesDir(store.root),
-        options: { memoryBytes: 64 * KiB },
-      });
-      capture.begin(0, Date.now());
-      const writes: Promise<void>[] = [];
-      for (let i = 0; i < 600; i++) {
-        const length = 1 + crypto.randomInt(3 * blockSize);
-        const offset = crypto.randomInt(size - length);
-        writes.push(capture.device.write(offset, crypto.randomBytes(length)));
-      }
-      const order = Array.from({ length: size / blockSize / 8 }, (_, i) => i * 8).sort(
-        () => Math.random() - 0.5,
-      );
+      const writes = racingWrites(capture, size, blockSize);
+      const order = shuffledRanges(size, blockSize, 8);
       const reads = order.map(async (first) => ({ first, data: await capture.readBlocks(first, 8) }));
       const [, parts] = await Promise.all([Promise.all(writes), Promise.all(reads)]);
       for (const { first, data } of parts) {
@@ -323,6 +345,92 @@ describe('VolumeCapture under concurrent writes and reads', () => {
       expect(stats.blocksHeld).toBe(0);
       expect(stats.memoryBytes).toBe(0);
       expect((await volume.read(0, size)).equals(before)).toBe(false);
+      await capture.close();
+    } finally {
+      await volume.close();
+    }
+  });
+
+  test('ranges lent in place racing writes read as the content at the instant', async () => {
+    const size = 1 * MiB;
+    const blockSize = 4 * KiB;
+    const { volume, before, capture } = await captured(blockSize, size, 64 * KiB);
+    try {
+      expect(capture.lendsInPlace).toBe(true);
+      const writes = racingWrites(capture, size, blockSize);
+      const order = shuffledRanges(size, blockSize, 8);
+      let overridden = 0;
+      const lends = order.map((first) =>
+        capture.lendBlocks(first, 8, async (lent) => {
+          overridden += lent.overrides.size;
+          expect(lent.range.position).toBe(first * blockSize);
+          return { first, data: await materialize(lent) };
+        }),
+      );
+      const [, parts] = await Promise.all([Promise.all(writes), Promise.all(lends)]);
+      for (const { first, data } of parts) {
+        const at = first * blockSize;
+        expect(data.equals(before.subarray(at, at + data.length))).toBe(true);
+      }
+      expect(overridden).toBeGreaterThan(0); // some blocks were written before their lend
+      expect(capture.stats().blocksSpilled).toBeGreaterThan(0); // and some of those came back from the spill file
+      expect(capture.stats().blocksHeld).toBe(0);
+      await expect(capture.lendBlocks(0, 1, async () => undefined)).rejects.toThrow(
+        /already handed out block 0/,
+      );
+      await capture.close();
+    } finally {
+      await volume.close();
+    }
+  });
+
+  test('a write to a lent block waits until the borrower is done with it', async () => {
+    const { volume, before, capture } = await captured(BLOCK, 1 * MiB, MiB);
+    try {
+      let done!: () => void;
+      const held = new Promise<void>((resolve) => (done = resolve));
+      let lentBytes: Buffer | undefined;
+      const lend = capture.lendBlocks(2, 2, async (lent) => {
+        await held;
+        lentBytes = await materialize(lent);
+      });
+      await sleep(5);
+      let written = false;
+      const write = capture.device
+        .write(2 * BLOCK + 100, Buffer.alloc(10, 0xee))
+        .then(() => (written = true));
+      await sleep(30);
+      expect(written).toBe(false);
+      expect((await volume.read(2 * BLOCK, 2 * BLOCK)).equals(before.subarray(2 * BLOCK, 4 * BLOCK))).toBe(
+        true,
+      );
+      done();
+      await Promise.all([lend, write]);
+      expect(lentBytes!.equals(before.subarray(2 * BLOCK, 4 * BLOCK))).toBe(true);
+      expect((await volume.read(2 * BLOCK + 100, 10)).equals(Buffer.alloc(10, 0xee))).toBe(true);
+      await capture.close();
+    } finally {
+      await volume.close();
+    }
+  });
+
+  test('a device that is not one plain file is read, never lent', async () => {
+    const { volume, capture: plain } = await captured(BLOCK, 1 * MiB, MiB);
+    await plain.close();
+    try {
+      // What a replica reading through to its source looks like to a capture: no file.
+      const device: BlockDevice = {
+        volumeId: volume.volumeId,
+        sizeBytes: volume.sizeBytes,
+        blockSize: volume.blockSize,
+        read: (offset, length, into) => volume.read(offset, length, into),
+        write: (offset, data) => volume.write(offset, data),
+        close: async () => undefined,
+      };
+      const capture = new VolumeCapture({ captureId: 'c-2', hostId: 'h-1', device, spillDir: dataDir });
+      capture.begin(0, Date.now());
+      expect(capture.lendsInPlace).toBe(false);
+      await expect(capture.lendBlocks(0, 1, async () => undefined)).rejects.toThrow(/not one plain file/);
       await capture.close();
     } finally {
       await volume.close();
