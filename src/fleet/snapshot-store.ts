@@ -113,6 +113,7 @@ interface NewChunk {
 }
 
 const OWNERS = 'snapshot-owners.d';
+const NO_COLLECTION = { packsDeleted: 0, packsRepacked: 0, bytesFreed: 0, bytesLive: 0 };
 const SOURCE_EVENT = /^[A-Za-z0-9][A-Za-z0-9:._/-]{0,199}$/;
 const MIN_CHUNK = 4096;
 const MAX_CHUNK = 16 * MiB;
@@ -312,6 +313,10 @@ export class SnapshotStore {
     for (const s of all.slice(keepLast)) {
       if (await this.deleteManifest(account, s.snapshotId)) deleted.push(s.snapshotId);
     }
+    // Nothing new to collect: a collection now would only cost the snapshot it follows (it reads
+    // every pack index of the account). Crash leftovers wait for the next delete.
+    if (deleted.length === 0)
+      return { deleted, kept, gc: { ...NO_COLLECTION, skipped: 'nothing was deleted' } };
     return { deleted, kept, gc: await this.gc(account) };
   }
 
@@ -582,7 +587,7 @@ export class SnapshotStore {
   }
 
   private async collect(account: string): Promise<SnapshotGcResult> {
-    const result: SnapshotGcResult = { packsDeleted: 0, packsRepacked: 0, bytesFreed: 0, bytesLive: 0 };
+    const result: SnapshotGcResult = { ...NO_COLLECTION };
     const lock = await this.locks.acquireGc(account);
     if ('busy' in lock) return { ...result, skipped: lock.busy };
     try {
