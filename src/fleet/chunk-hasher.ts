@@ -21,25 +21,36 @@ const fs = require('node:fs');
 const { parentPort, workerData } = require('node:worker_threads');
 const { blake3 } = require(workerData.blake);
 // mmap through the FFI: hashing the page cache in place spares a copy of every byte into a buffer,
-// which costs about as much CPU as the hashing itself.
+// which costs about as much CPU as the hashing itself. A worker maps a whole file once and keeps the
+// mapping while tasks for it keep coming: mapping and unmapping each 16 MiB task cost 10-25% more
+// CPU per GiB, measured on one thread. A mapping keeps its file's pages even after the file is
+// deleted, so it goes after a moment without tasks.
+const IDLE_UNMAP_MS = 500;
 let map = null;
 try {
   const koffi = require(workerData.koffi);
   const libc = koffi.load('libc.so.6');
   const mmap = libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)');
   const munmap = libc.func('int munmap(void *addr, size_t length)');
-  map = (fd, position, length, use) => {
-    const start = position - (position % 65536);
-    const mapped = length + (position - start);
-    // PROT_READ; MAP_SHARED | MAP_POPULATE: one call faults every page in.
-    const address = mmap(null, mapped, 1, 0x8001, fd, start);
-    if (address === null || koffi.address(address) === 0xffffffffffffffffn) return false;
-    try {
-      use(Buffer.from(koffi.view(address, mapped)).subarray(position - start));
-    } finally {
-      munmap(address, mapped);
+  let held = null; // { key, address, size, data }
+  let idle = null;
+  const drop = () => {
+    if (held) munmap(held.address, held.size);
+    held = null;
+  };
+  // The file's bytes [position, position + length), or null when they cannot be mapped.
+  map = (fd, key, size, position, length) => {
+    clearTimeout(idle);
+    idle = setTimeout(drop, IDLE_UNMAP_MS);
+    if (!held || held.key !== key || held.size < position + length) {
+      drop();
+      if (size < position + length) return null; // past the end: touching it would fault
+      // PROT_READ, MAP_SHARED: pages fault in as they are hashed.
+      const address = mmap(null, size, 1, 0x01, fd, 0);
+      if (address === null || koffi.address(address) === 0xffffffffffffffffn) return null;
+      held = { key, address, size, data: Buffer.from(koffi.view(address, size)) };
     }
-    return true;
+    return held.data.subarray(position, position + length);
   };
 } catch {}
 function hashAll(data, chunkSize) {
@@ -56,8 +67,9 @@ function hashFile(file, length, chunkSize) {
   if (st.dev !== file.dev || st.ino !== file.ino) {
     throw new Error('file descriptor ' + file.fd + ' no longer names the file it was lent for');
   }
-  let out;
-  if (map && map(file.fd, file.position, length, (data) => (out = hashAll(data, chunkSize)))) return out;
+  // Keyed by descriptor too: a mapping made through a descriptor since closed is not reused.
+  const mapped = map && map(file.fd, file.fd + ':' + st.dev + ':' + st.ino, st.size, file.position, length);
+  if (mapped) return hashAll(mapped, chunkSize);
   const data = Buffer.allocUnsafe(length);
   for (let done = 0; done < length; ) {
     const n = fs.readSync(file.fd, data, done, length - done, file.position + done);
