@@ -42,9 +42,9 @@ try {
   map = (fd, key, size, position, length) => {
     clearTimeout(idle);
     idle = setTimeout(drop, IDLE_UNMAP_MS);
+    if (size < position + length) return null; // past the end of the file now: touching it would fault
     if (!held || held.key !== key || held.size < position + length) {
       drop();
-      if (size < position + length) return null; // past the end: touching it would fault
       // PROT_READ, MAP_SHARED: pages fault in as they are hashed.
       const address = mmap(null, size, 1, 0x01, fd, 0);
       if (address === null || koffi.address(address) === 0xffffffffffffffffn) return null;
