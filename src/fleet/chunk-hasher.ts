@@ -1,7 +1,7 @@
 import { blake3 } from '@napi-rs/blake-hash';
 import * as os from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { readFileRange, type FileRange, type FileRef } from './file-range';
+import { assertSameFile, readFileRange, type FileRange, type FileRef } from './file-range';
 
 /** Bytes of one chunk hash (BLAKE3, 256 bits). */
 export const HASH_BYTES = 32;
@@ -161,6 +161,7 @@ export class ChunkHasher {
   async hashFileChunks(range: FileRange, chunkSize: number): Promise<Buffer> {
     if (this.closed) throw new Error('chunk hasher is closed');
     if (range.length <= INLINE_BYTES || this.workerCount < 1) {
+      assertSameFile(range); // as the workers do: the descriptor may name another file by now
       return chunkHashes(await readFileRange(range), chunkSize);
     }
     const { fd, dev, ino } = range;

@@ -52,10 +52,9 @@ export function assertSameFile(ref: FileRef): void {
   if (!same) throw new Error(`file descriptor ${ref.fd} no longer names the file it was lent for`);
 }
 
-/** Reads the range into `into` (or a new buffer): the fallback where mapping or kernel copy is not available. */
-export async function readFileRange(range: FileRange, into?: Buffer): Promise<Buffer> {
-  const out =
-    into && into.length >= range.length ? into.subarray(0, range.length) : Buffer.allocUnsafe(range.length);
+/** Reads the range into a new buffer: where mapping or kernel copy is not available, or for a patch. */
+export async function readFileRange(range: FileRange): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(range.length);
   let done = 0;
   while (done < range.length) {
     const n = await new Promise<number>((resolve, reject) =>
