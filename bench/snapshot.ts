@@ -18,11 +18,11 @@ import {
   type PreMigrationSnapshotResult,
   type SnapshotDeleteResult,
 } from '../src/contracts';
-import { tsToMs } from '@temporalio/common/lib/time';
 import { HostStore } from '../src/fleet/host-store';
 import { readWorkloadLog } from '../src/fleet/workload-log';
 import { installCliRuntime } from '../src/worker';
 import { startCluster, type TestCluster } from '../test/helpers/cluster';
+import { activityIntervals } from '../test/helpers/history-timing';
 
 const RUNS = 3;
 /** Slow enough that the writes landing during one snapshot stay well under 1% of the blocks. */
@@ -48,21 +48,10 @@ async function snapshot(cluster: TestCluster, instanceId: string) {
 
 /** How long the snapshotVolume activity ran (started to completed, from the history): the data path alone. */
 async function activityMs(cluster: TestCluster, workflowId: string): Promise<number> {
-  const events = (await cluster.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
-  const at = (e: (typeof events)[number]) => tsToMs(e.eventTime!);
-  const scheduled = events.find(
-    (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'snapshotVolume',
-  );
-  const started = events.find(
-    (e) =>
-      e.activityTaskStartedEventAttributes?.scheduledEventId?.toString() === scheduled?.eventId?.toString(),
-  );
-  const completed = events.find(
-    (e) =>
-      e.activityTaskCompletedEventAttributes?.startedEventId?.toString() === started?.eventId?.toString(),
-  );
-  if (!started || !completed) throw new Error(`no completed snapshotVolume activity in ${workflowId}`);
-  return at(completed) - at(started);
+  const { events } = await cluster.client.workflow.getHandle(workflowId).fetchHistory();
+  const run = activityIntervals(events ?? []).find((i) => i.activityType === 'snapshotVolume');
+  if (!run) throw new Error(`no snapshotVolume activity ran in ${workflowId}`);
+  return run.end - run.start;
 }
 
 async function deleteSnapshot(cluster: TestCluster, account: string, snapshotId: string) {

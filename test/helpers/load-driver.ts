@@ -1,6 +1,4 @@
 import type { Client } from '@temporalio/client';
-import type { temporal } from '@temporalio/proto';
-import { tsToMs } from '@temporalio/common/lib/time';
 import {
   CONTROL_TASK_QUEUE,
   errorMessage,
@@ -12,6 +10,7 @@ import {
 } from '../../src/contracts';
 import { checkFleet, type FleetViolation } from '../../src/fleet/fleet-check';
 import { startCluster, type TestCluster } from './cluster';
+import { activityIntervals, eventMs, unionMs } from './history-timing';
 
 export interface LoadOptions {
   migrations: number;
@@ -176,46 +175,6 @@ export async function migrationTiming(
   }
   const activityMs = unionMs(intervals);
   return { workflowId, workflowMs, activityMs, overheadMs: workflowMs - activityMs };
-}
-
-type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
-
-function eventMs(event: HistoryEvent | undefined): number {
-  if (!event?.eventTime) throw new Error('history event without a time');
-  return tsToMs(event.eventTime);
-}
-
-/**
- * [start, end] of every activity attempt the history records: ActivityTaskStarted (written for the
- * last attempt) to its completed, failed, timed-out or cancelled event.
- */
-function activityIntervals(events: HistoryEvent[]): [number, number][] {
-  const startedAt = new Map<string, number>();
-  const intervals: [number, number][] = [];
-  for (const e of events) {
-    if (e.activityTaskStartedEventAttributes) startedAt.set(String(e.eventId), eventMs(e));
-    const closed =
-      e.activityTaskCompletedEventAttributes ??
-      e.activityTaskFailedEventAttributes ??
-      e.activityTaskTimedOutEventAttributes ??
-      e.activityTaskCanceledEventAttributes;
-    const start = closed?.startedEventId != null ? startedAt.get(String(closed.startedEventId)) : undefined;
-    if (start !== undefined) intervals.push([start, eventMs(e)]);
-  }
-  return intervals;
-}
-
-/** Length of the union of intervals: activities that ran side by side count once. */
-function unionMs(intervals: [number, number][]): number {
-  const sorted = [...intervals].sort((a, b) => a[0] - b[0]);
-  let total = 0;
-  let end = -Infinity;
-  for (const [s, e] of sorted) {
-    if (e <= end) continue;
-    total += e - Math.max(s, end);
-    end = e;
-  }
-  return total;
 }
 
 /** Nearest-rank percentile of sorted values; NaN for none. */
