@@ -116,7 +116,7 @@ function captureLender(capture: VolumeCapture): LendAt {
       await capture.lendBlocks(first, count, use);
       return;
     }
-    const data = await capture.readBlocks(first, count, { into: scratch });
+    const data = await capture.readBlocks(first, count, { into: scratch() });
     await use(data.subarray(0, length));
   };
 }

@@ -96,13 +96,13 @@ export interface UploadFromOptions {
 export type ReadAt = (position: number, target: Buffer) => Promise<number>;
 
 /**
- * Hands the `length` volume bytes at `position` to `use`, either read into `scratch` (large enough)
+ * Hands the `length` volume bytes at `position` to `use`, either read into `scratch()` (large enough)
  * or lent in place in a file; they stay as they are until `use` resolves, and no longer.
  */
 export type LendAt = (
   position: number,
   length: number,
-  scratch: Buffer,
+  scratch: () => Buffer,
   use: (bytes: Buffer | PatchedRange) => Promise<void>,
 ) => Promise<void>;
 
@@ -825,7 +825,7 @@ export class SnapshotWriter {
    */
   uploadFrom(read: ReadAt, options: UploadFromOptions = {}): Promise<number> {
     return this.uploadLent(async (position, length, scratch, use) => {
-      const target = scratch.subarray(0, length);
+      const target = scratch().subarray(0, length);
       await readFully(read, position, target);
       await use(target);
     }, options);
@@ -850,21 +850,23 @@ export class SnapshotWriter {
     let uploadedHere = 0;
 
     const lane = async (): Promise<void> => {
-      const buffer = this.store.takeBuffer(batchChunks * chunkSize);
+      // Taken only if the lender reads: bytes lent in place need no buffer.
+      let buffer: Buffer | undefined;
+      const scratch = () => (buffer ??= this.store.takeBuffer(batchChunks * chunkSize));
       try {
-        await work(buffer);
+        await work(scratch);
       } finally {
-        this.store.giveBackBuffer(buffer);
+        if (buffer) this.store.giveBackBuffer(buffer);
       }
     };
-    const work = async (buffer: Buffer): Promise<void> => {
+    const work = async (scratch: () => Buffer): Promise<void> => {
       while (!failed && nextBatch < batches) {
         const b = nextBatch++;
         const first = from + b * batchChunks;
         const count = Math.min(batchChunks, this.chunkCount - first);
         if (!this.allKnown(first, count)) {
           const bytes = Math.min(sizeBytes, (first + count) * chunkSize) - first * chunkSize;
-          await lend(first * chunkSize, bytes, buffer, async (batch) => {
+          await lend(first * chunkSize, bytes, scratch, async (batch) => {
             const uploaded = await this.putBlocks(first, batch); // not `+= await`: lanes interleave
             uploadedHere += uploaded;
           });
