@@ -95,6 +95,18 @@ export interface InstanceLaunch {
   workload: WorkloadConfig;
 }
 
+/** How fleetInit launches one instance of a layout on its host. */
+export function launchOf(layout: FleetLayout, instance: InstanceRecord): InstanceLaunch {
+  return {
+    instanceId: instance.instanceId,
+    account: instance.account,
+    volumes: layout.volumes
+      .filter((v) => v.instanceId === instance.instanceId)
+      .map(({ volumeId, sizeBytes, blockSize, userData }) => ({ volumeId, sizeBytes, blockSize, userData })),
+    workload: instance.workload,
+  };
+}
+
 export interface VolumeImportInput {
   instanceId: string;
   /** Absolute path of a raw image readable by the workers (same machine). */

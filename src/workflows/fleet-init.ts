@@ -7,6 +7,7 @@ import {
   CONTROL_ACTIVITY_OPTIONS,
   formatBytes,
   hostActivityOptions,
+  launchOf,
   LONG_HOST_ACTIVITY,
   Operation,
   reportFailure,
@@ -69,19 +70,7 @@ function groupLaunchesByHost(layout: FleetLayout): Map<string, InstanceLaunch[]>
   const byHost = new Map<string, InstanceLaunch[]>();
   for (const instance of layout.instances) {
     const hostId = assertId('layout instance host', instance.hostId);
-    const launch: InstanceLaunch = {
-      instanceId: instance.instanceId,
-      account: instance.account,
-      volumes: layout.volumes
-        .filter((v) => v.instanceId === instance.instanceId)
-        .map(({ volumeId, sizeBytes, blockSize, userData }) => ({
-          volumeId,
-          sizeBytes,
-          blockSize,
-          userData,
-        })),
-      workload: instance.workload,
-    };
+    const launch = launchOf(layout, instance);
     byHost.set(hostId, [...(byHost.get(hostId) ?? []), launch]);
   }
   return byHost;

@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { MiB, type FleetLayout } from '../../src/contracts';
+import { launchOf, MiB, type FleetLayout } from '../../src/contracts';
 import { checkFleet, oversubscriptionRatio, type FleetViolation } from '../../src/fleet/fleet-check';
 import { FleetRuntime } from '../../src/fleet/fleet-runtime';
 import { HostStore } from '../../src/fleet/host-store';
@@ -40,19 +40,7 @@ describe('checkFleet', () => {
     try {
       for (const i of layout.instances) {
         const agent = await runtime.host(i.hostId);
-        await agent.launch({
-          instanceId: i.instanceId,
-          account: i.account,
-          volumes: layout.volumes
-            .filter((v) => v.instanceId === i.instanceId)
-            .map(({ volumeId, sizeBytes, blockSize, userData }) => ({
-              volumeId,
-              sizeBytes,
-              blockSize,
-              userData,
-            })),
-          workload: i.workload,
-        });
+        await agent.launch(launchOf(layout, i));
       }
     } finally {
       await runtime.close();
