@@ -238,12 +238,10 @@ export function createHostActivities(agent: HostAgent, snapshots: SnapshotStore)
       };
       // Validates the event and time before the instance pauses for anything. Opening may wait for
       // the account's garbage collection: heartbeat meanwhile, or the server takes us for dead.
-      let writer = await withHeartbeat(() => snapshots.openUpload(meta));
+      // What an earlier attempt stored is of an earlier instant, so this one starts over: its
+      // manifest must name none of it (those chunks stay in the store, for dedupe).
+      const writer = await withHeartbeat(() => snapshots.openUpload(meta, { startOver: true }));
       if (writer.done) return withCaptureFacts(await writer.commit());
-      // What an earlier attempt stored is of an earlier instant: this attempt's manifest must not
-      // name any of it, so its journal goes (its chunks stay in the store for dedupe).
-      await writer.abort();
-      writer = await withHeartbeat(() => snapshots.openUpload(meta));
 
       let capture: VolumeCapture | undefined;
       try {

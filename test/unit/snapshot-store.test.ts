@@ -436,6 +436,28 @@ describe('SnapshotStore', () => {
     expect(existsSync(path.join(root, 'acct-1', 'uploads'))).toBe(false);
   });
 
+  it('starts over when asked: drops what earlier attempts journaled, keeps their chunks, and journals nothing', async () => {
+    const sizeBytes = 2 * MiB; // 32 chunks
+    const earlier = patternBytes('earlier-instant', sizeBytes);
+    const m = meta('snap-o', { sizeBytes });
+    const first = await store.openUpload(m);
+    await first.putBlocks(0, earlier.subarray(0, 16 * BLOCK)); // an attempt of an earlier instant dies
+    const uploads = path.join(root, 'acct-1', 'uploads', 'snap-o');
+    expect(readdirSync(uploads).filter((f) => f.endsWith('.piece'))).toHaveLength(1);
+
+    const now = changeBlocks(earlier, [3, 20]); // the volume as of this attempt's instant
+    const again = await reopenedStore().openUpload(m, { startOver: true });
+    expect(again.nextChunk).toBe(0); // nothing of the earlier instant is taken as done
+    expect(readdirSync(uploads).filter((f) => f.endsWith('.piece'))).toEqual([]);
+    // The earlier attempt's chunks are still there to dedupe against: only the 16 it never stored
+    // and changed block 3 go up.
+    expect(await again.uploadFrom(reader(now), { batchBytes: 4 * BLOCK })).toBe(17 * BLOCK);
+    expect(readdirSync(uploads).filter((f) => f.endsWith('.piece'))).toEqual([]); // no journal
+    await again.commit();
+    expect((await readWhole('acct-1', 'snap-o')).equals(now)).toBe(true);
+    expect(existsSync(path.join(root, 'acct-1', 'uploads'))).toBe(false);
+  });
+
   it('clears an upload whose lock went stale (writer gone) and lets a reopened upload start over', async () => {
     const image = patternBytes('stale', MiB);
     const dead = await store.openUpload(meta('snap-s', { sizeBytes: MiB }));
