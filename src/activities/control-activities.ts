@@ -184,10 +184,13 @@ export function createControlActivities(inventory: Inventory, snapshots: Snapsho
       const instanceId = assertId('instanceId', input?.instanceId);
       const instance = ownedInstance(instanceId, input.account);
       requireRunning(instance, 'be snapshotted (its host captures the volumes while it runs)');
-      const volumes = inventory
-        .listVolumes({ instanceId })
-        .filter((v) => v.kind === 'instance-store')
-        .map(({ volumeId, sizeBytes, blockSize, kind }) => ({ volumeId, sizeBytes, blockSize, kind }));
+      const volumes = [];
+      for (const { volumeId, sizeBytes, blockSize, kind } of inventory.listVolumes({ instanceId })) {
+        if (kind !== 'instance-store') continue;
+        // Counted so the workflow can skip retention when this snapshot leaves it nothing to retire.
+        const snapshotsHeld = (await snapshots.list({ account: instance.account, volumeId })).length;
+        volumes.push({ volumeId, sizeBytes, blockSize, kind, snapshotsHeld });
+      }
       return { instanceId, account: instance.account, hostId: instance.hostId, volumes };
     },
 

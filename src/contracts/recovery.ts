@@ -61,7 +61,10 @@ export interface SnapshotPlan {
   instanceId: string;
   account: string;
   hostId: string;
-  volumes: Pick<VolumeRecord, 'volumeId' | 'sizeBytes' | 'blockSize' | 'kind'>[];
+  volumes: (Pick<VolumeRecord, 'volumeId' | 'sizeBytes' | 'blockSize' | 'kind'> & {
+    /** Snapshots of the volume the account held when planned (absent in plans made before it was counted). */
+    snapshotsHeld?: number;
+  })[];
 }
 
 export interface RestoreInstanceInput {

@@ -1,4 +1,11 @@
-import { proxyActivities, setHandler, uuid4, workflowInfo } from '@temporalio/workflow';
+import {
+  patched,
+  proxyActivities,
+  proxyLocalActivities,
+  setHandler,
+  uuid4,
+  workflowInfo,
+} from '@temporalio/workflow';
 import type { ControlActivities } from '../activities/control-activities';
 import type { HostActivities } from '../activities/host-activities';
 import {
@@ -10,6 +17,7 @@ import {
   formatDuration,
   hostActivityOptions,
   invalidInput,
+  LOCAL_CONTROL_ACTIVITY_OPTIONS,
   LONG_HOST_ACTIVITY,
   Operation,
   reportFailure,
@@ -25,6 +33,11 @@ import {
 
 const EVENT = /^[A-Za-z0-9][A-Za-z0-9:._/-]{0,199}$/;
 const MAX_KEEP = 1000;
+/**
+ * Plans inside the workflow task (a local activity) and retains only when the plan counted enough
+ * snapshots for this one to retire some: two server round trips fewer for the operator to wait on.
+ */
+const PLAN_LOCALLY = 'snapshot-plan-local-retain-when-due';
 
 /**
  * Snapshots an instance's instance-store volumes into its account's snapshot store before an event
@@ -52,10 +65,13 @@ export async function preMigrationSnapshot(
   return await reportFailure(`snapshot of ${request.instanceId}`, async () => {
     phase('validating', `**validating** snapshot of ${request.instanceId} before ${request.event}`);
     const control = proxyActivities<ControlActivities>(CONTROL_ACTIVITY_OPTIONS);
-    const plan = await control.planSnapshot.executeWithOptions(
-      { summary: `plan snapshot of ${request.instanceId}` },
-      [{ instanceId: request.instanceId, account: request.account }],
-    );
+    const planLocally = patched(PLAN_LOCALLY);
+    const planner = planLocally
+      ? proxyLocalActivities<ControlActivities>(LOCAL_CONTROL_ACTIVITY_OPTIONS).planSnapshot
+      : control.planSnapshot;
+    const plan = await planner.executeWithOptions({ summary: `plan snapshot of ${request.instanceId}` }, [
+      { instanceId: request.instanceId, account: request.account },
+    ]);
     upsertVisibility({ hostId: plan.hostId, account: plan.account });
     const result: PreMigrationSnapshotResult = {
       instanceId: plan.instanceId,
@@ -105,6 +121,9 @@ export async function preMigrationSnapshot(
       `**retaining** the newest ${request.keepLast} snapshots of each volume of ${plan.instanceId}`,
     );
     for (const volume of plan.volumes) {
+      // Two snapshots of a volume taken at once may both skip: the next one's retention catches up.
+      const due = !planLocally || (volume.snapshotsHeld ?? Infinity) + 1 > request.keepLast;
+      if (!due) continue;
       const retained = await control.retainSnapshots.executeWithOptions(
         { summary: `retain ${request.keepLast} snapshots of ${volume.volumeId}` },
         [{ account: plan.account, volumeId: volume.volumeId, keepLast: request.keepLast }],

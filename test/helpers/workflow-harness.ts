@@ -31,6 +31,8 @@ export type ActivityName = keyof AllActivities;
 export interface RecordedCall {
   name: ActivityName;
   taskQueue: string;
+  /** Run as a local activity (inside the workflow task) rather than through the server. */
+  local: boolean;
   input: unknown;
 }
 
@@ -261,7 +263,8 @@ export class ActivityMocks {
     (Object.keys(defaultBehaviour()) as ActivityName[]).map((name) => [
       name,
       async (input: unknown) => {
-        this.calls.push({ name, taskQueue: Context.current().info.taskQueue, input });
+        const { taskQueue, isLocal } = Context.current().info;
+        this.calls.push({ name, taskQueue, local: isLocal, input });
         const impl = (this.overrides[name] ?? this.defaults[name]) as (arg: unknown) => Promise<unknown>;
         return impl(input);
       },

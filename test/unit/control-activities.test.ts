@@ -473,13 +473,20 @@ describe('control activities', () => {
       return writer.commit();
     }
 
-    test('planSnapshot lists the instance-store volumes where the instance runs', async () => {
+    test('planSnapshot lists the instance-store volumes where the instance runs, and their snapshots', async () => {
+      await snapshot('snap-p1', 'i-1-v0', 'manual');
       expect(await activities.planSnapshot({ instanceId: 'i-1', account: 'acct-1' })).toEqual({
         instanceId: 'i-1',
         account: 'acct-1',
         hostId: 'h-1',
         volumes: [
-          { volumeId: 'i-1-v0', sizeBytes: 64 * MiB, blockSize: DEFAULT_BLOCK_SIZE, kind: 'instance-store' },
+          {
+            volumeId: 'i-1-v0',
+            sizeBytes: 64 * MiB,
+            blockSize: DEFAULT_BLOCK_SIZE,
+            kind: 'instance-store',
+            snapshotsHeld: 1,
+          },
         ],
       });
     });

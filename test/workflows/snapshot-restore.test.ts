@@ -71,6 +71,24 @@ describe('preMigrationSnapshot', () => {
     expect(attrs[PhaseKey.name]).toEqual(['completed']);
   });
 
+  it('plans inside the workflow task, and retains only when this snapshot leaves more than keepLast', async () => {
+    bed.mocks.overrides.planSnapshot = async (input) => {
+      const plan = await bed.mocks.defaults.planSnapshot(input);
+      // v-i-3-a holds 2 snapshots: with this one it is over keepLast 2. v-i-3-b holds 1: not yet.
+      return { ...plan, volumes: plan.volumes.map((v, i) => ({ ...v, snapshotsHeld: 2 - i })) };
+    };
+    const result = await (await snapshotOf({ instanceId: 'i-3', event: 'manual', keepLast: 2 })).result();
+    expect(sequence()).toEqual([
+      `planSnapshot@${CONTROL_TASK_QUEUE}`,
+      `snapshotVolume@${host('h-1')}`,
+      `snapshotVolume@${host('h-1')}`,
+      `retainSnapshots@${CONTROL_TASK_QUEUE}`,
+    ]);
+    expect(bed.mocks.calls.map((c) => c.local)).toEqual([true, false, false, false]);
+    expect(bed.mocks.callsTo('retainSnapshots')[0].input).toMatchObject({ volumeId: 'v-i-3-a' });
+    expect(result.snapshots).toHaveLength(2);
+  });
+
   it('skips an instance without instance-store volumes, snapshotting nothing', async () => {
     bed.mocks.overrides.planSnapshot = async ({ instanceId }) => ({
       instanceId,
