@@ -10,7 +10,16 @@ type AsyncCopy = (
   done: (err: unknown, copied: number) => void,
 ) => void;
 
+type AsyncFallocate = (
+  fd: number,
+  mode: number,
+  offset: number,
+  length: number,
+  done: (err: unknown, result: number) => void,
+) => void;
+
 let copyFileRange: AsyncCopy | null | undefined;
+let fallocate: AsyncFallocate | null | undefined;
 
 /**
  * Linux copy_file_range(2) through an FFI call on a pool thread. `cp` copies this way, so the bytes
@@ -63,4 +72,37 @@ export async function kernelCopy(
     if (copied === 0) throw new Error(`source ended after ${done} of ${length} bytes`);
     done += copied;
   }
+}
+
+/** fallocate(2) modes: free the blocks, keep the file's size. */
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+
+function fallocateBinding(): AsyncFallocate | null {
+  if (fallocate !== undefined) return fallocate;
+  fallocate = null;
+  if (process.platform !== 'linux') return null;
+  try {
+    const libc = koffi.load('libc.so.6');
+    fallocate = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)')
+      .async as AsyncFallocate;
+  } catch {
+    // As for copy_file_range: without it the bytes stay where they are.
+  }
+  return fallocate;
+}
+
+/**
+ * Frees the disk blocks under [offset, offset + length) of a file, which then reads as zeros; the
+ * file keeps its size. False where the platform or the filesystem cannot (the bytes then stay).
+ */
+export async function punchHole(fd: number, offset: number, length: number): Promise<boolean> {
+  const call = fallocateBinding();
+  if (!call) return false;
+  const result = await new Promise<number>((resolve, reject) =>
+    call(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length, (err, r) =>
+      err ? reject(err instanceof Error ? err : new Error(String(err))) : resolve(r),
+    ),
+  );
+  return result === 0;
 }

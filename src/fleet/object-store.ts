@@ -2,8 +2,15 @@ import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, type FileHandl
 import * as path from 'node:path';
 import { invalidInput } from '../contracts';
 import { isNoEnt, parseTempName, processAlive, tempPath } from './atomic-file';
-import { assertSameFile, isFileRange, readFileRange, type FileRange } from './file-range';
-import { kernelCopy, kernelCopyAvailable } from './kernel-copy';
+import {
+  assertSameFile,
+  fileRefOf,
+  isFileRange,
+  readFileRange,
+  type FileRange,
+  type FileRef,
+} from './file-range';
+import { kernelCopy, kernelCopyAvailable, punchHole } from './kernel-copy';
 
 /**
  * A piece of an object being put: bytes in memory, or a range of an open local file that the store
@@ -32,6 +39,26 @@ export interface ObjectStore {
    * stale multipart uploads). Returns bytes freed. Optional.
    */
   removeStaleTemps?(prefix: string): Promise<number>;
+  /**
+   * An object to be written in place, through a local file, before it is put: what lets a snapshot
+   * store chunks as it hashes them. Optional: a remote store has no such file.
+   */
+  stage?(key: string): Promise<StagedObject>;
+}
+
+/** An object being written through a local file; nobody sees it until commit puts it in place. */
+export interface StagedObject {
+  /** The file to write the object's bytes into (at their offsets in the object). */
+  readonly file: FileRef;
+  /**
+   * The bytes at [offset, offset + length) are not part of the object after all: their disk blocks
+   * are freed and they read as zeros (where the filesystem cannot, they stay, unread).
+   */
+  drop(offset: number, length: number): Promise<void>;
+  /** Puts the object in place, atomically as put does. */
+  commit(): Promise<void>;
+  /** Gives the object up: nothing is put. */
+  discard(): Promise<void>;
 }
 
 const SEGMENT = /^[a-z0-9.-]+$/;
@@ -90,6 +117,45 @@ export class FileObjectStore implements ObjectStore {
       await rename(tmp, file);
     } catch (err) {
       await rm(tmp, { force: true });
+      throw err;
+    }
+  }
+
+  /** The object's temp file, named as put names them: removeStaleTemps collects it if its writer dies. */
+  async stage(key: string): Promise<StagedObject> {
+    const file = this.fileOf(key);
+    const tmp = tempPath(file);
+    let fh: FileHandle;
+    try {
+      fh = await open(tmp, 'wx');
+    } catch (err) {
+      if (!isNoEnt(err)) throw err;
+      await mkdir(path.dirname(file), { recursive: true }); // first object in its folder (see put)
+      fh = await open(tmp, 'wx');
+    }
+    const discard = async () => {
+      await fh.close().catch(() => undefined); // closed already by a failed commit
+      await rm(tmp, { force: true });
+    };
+    try {
+      return {
+        file: await fileRefOf(fh),
+        drop: async (offset, length) => {
+          await punchHole(fh.fd, offset, length).catch(() => false);
+        },
+        commit: async () => {
+          try {
+            await fh.close();
+            await rename(tmp, file);
+          } catch (err) {
+            await discard();
+            throw err;
+          }
+        },
+        discard,
+      };
+    } catch (err) {
+      await discard();
       throw err;
     }
   }

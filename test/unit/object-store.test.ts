@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync, writeSync, existsSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ErrorType } from '../../src/contracts';
@@ -49,6 +49,26 @@ describe('FileObjectStore', () => {
     expect(readdirSync(path.join(dir, 'object-store'))).toEqual(['acct-2']);
     await objects.put('acct-1/a/again', Buffer.from('1'));
     expect(await objects.list('acct-1/')).toEqual(['acct-1/a/again']);
+  });
+
+  it('stages an object through a file nobody sees until it is committed, or leaves nothing if discarded', async () => {
+    const staged = await objects.stage('acct-1/packs/ab/new.pack');
+    writeSync(staged.file.fd, Buffer.alloc(3 * 65536, 1), 0, 3 * 65536, 0);
+    expect(await objects.has('acct-1/packs/ab/new.pack')).toBe(false);
+    expect(await objects.list('acct-1/')).toEqual([]);
+    await staged.drop(65536, 65536); // the middle 64 KiB is not part of it: it reads as zeros
+    await staged.commit();
+    const object = await objects.get('acct-1/packs/ab/new.pack');
+    expect(object?.length).toBe(3 * 65536);
+    expect(
+      object?.equals(Buffer.concat([Buffer.alloc(65536, 1), Buffer.alloc(65536), Buffer.alloc(65536, 1)])),
+    ).toBe(true);
+
+    const given = await objects.stage('acct-1/packs/cd/gone.pack');
+    writeSync(given.file.fd, Buffer.from('never seen'));
+    await given.discard();
+    expect(await objects.list('acct-1/')).toEqual(['acct-1/packs/ab/new.pack']);
+    expect(readdirSync(path.join(dir, 'object-store', 'acct-1', 'packs', 'cd'))).toEqual([]);
   });
 
   it('refuses keys that could escape the root or are not plain segments', async () => {
