@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { write as writeCallback } from 'node:fs';
 import {
   assertId,
   assertObject,
@@ -30,8 +31,15 @@ import {
   type PackEntry,
   type PackInfo,
 } from './chunk-pack';
-import { isFileRange, readFileRange, subRange, type FileRange, type PatchedRange } from './file-range';
-import type { ObjectPart, ObjectStore } from './object-store';
+import {
+  isFileRange,
+  readFileRange,
+  subRange,
+  type FileRange,
+  type FileRef,
+  type PatchedRange,
+} from './file-range';
+import type { ObjectPart, ObjectStore, StagedObject } from './object-store';
 import { SnapshotLocks } from './snapshot-locks';
 
 /**
@@ -394,6 +402,36 @@ export class SnapshotStore {
     return this.hasher.hashFileChunks(range, chunkSize);
   }
 
+  /** @internal */
+  storesInPlace(length: number): boolean {
+    return this.objects.stage !== undefined && this.hasher.storesInPlace(length);
+  }
+
+  /** @internal */
+  storeFileChunks(range: FileRange, chunkSize: number, to: FileRef) {
+    return this.hasher.storeFileChunks(range, chunkSize, to);
+  }
+
+  /**
+   * @internal Puts a staged pack in place, then its index, and adds it to the account index. The
+   * entries count as being stored (concurrent putBlocks wait for them) from the call on; `finish`
+   * completes the pack's bytes first.
+   */
+  async commitStagedPack(
+    account: string,
+    packId: string,
+    staged: StagedObject,
+    entries: PackEntry[],
+    finish: () => Promise<void>,
+  ): Promise<void> {
+    await this.whileStoring(account, entries, async () => {
+      await finish();
+      await staged.commit();
+      await this.objects.put(packIndexKey(account, packId), encodePackIndex(entries));
+      this.indexFor(account).addPack(packId, entries);
+    });
+  }
+
   /** @internal A shared buffer of at least `size` bytes, an earlier upload's if one fits. */
   takeBuffer(size: number): Buffer {
     const i = this.spareBuffers.findIndex((b) => b.length >= size);
@@ -409,13 +447,21 @@ export class SnapshotStore {
   /** @internal Stores chunks as packs (each pack, then its index) and adds them to the account index. */
   async storePacks(account: string, chunks: NewChunk[]): Promise<void> {
     if (chunks.length === 0) return;
+    await this.whileStoring(account, chunks, () => this.writePacks(account, chunks));
+  }
+
+  /**
+   * Marks the chunks as being stored, synchronously (so a caller that just found them new claims
+   * them before any other can), until `store` settles: concurrent putBlocks calls wait for them
+   * instead of storing them a second time.
+   */
+  private async whileStoring(account: string, chunks: { hash: string }[], store: () => Promise<void>) {
     const index = this.indexFor(account);
-    // Concurrent putBlocks calls wait for these chunks instead of storing them a second time.
     let settle!: (ok: boolean) => void;
     const done = new Promise<boolean>((resolve) => (settle = resolve));
     for (const c of chunks) index.pending.set(c.hash, done);
     try {
-      await this.writePacks(account, chunks);
+      await store();
       settle(true);
     } catch (err) {
       settle(false);
@@ -697,6 +743,8 @@ export class SnapshotWriter {
   readonly chunkCount: number;
   private readonly hashes: (string | undefined)[];
   private uploaded = 0;
+  /** Whether the account held no snapshot of the volume when this upload first stored a batch. */
+  private firstOfVolume?: Promise<boolean>;
   private low = 0;
   private state: 'open' | 'committed' | 'aborted';
   private lastRefresh = Date.now();
@@ -768,13 +816,28 @@ export class SnapshotWriter {
         `putBlocks for snapshot ${snapshotId} got ${length} bytes at chunk ${firstChunk}: give whole ${chunkSize}-byte chunks (${expected} bytes for ${count} chunk(s) here)`,
       );
     }
-    const chunks = Buffer.isBuffer(bytes) ? await this.chunksOf(bytes) : await this.chunksInPlace(bytes);
     await this.refreshLock();
+    const { hashes, bytesUploaded } =
+      !Buffer.isBuffer(bytes) && (await this.storesAsHashed(bytes.range.length))
+        ? await this.storeAsHashed(bytes)
+        : await this.hashThenStore(bytes);
+    if (this.journal) {
+      await this.store.putPiece(account, snapshotId, { first: firstChunk, bytesUploaded, hashes });
+    }
+    this.assertOpen(); // aborted meanwhile: report it rather than resurrect state
+    hashes.forEach((h, i) => (this.hashes[firstChunk + i] = h));
+    this.uploaded += bytesUploaded;
+    return bytesUploaded;
+  }
+
+  /** Hashes the chunks, then stores those the account does not have yet. */
+  private async hashThenStore(bytes: Buffer | PatchedRange): Promise<Stored> {
+    const { account } = this.meta;
+    const chunks = Buffer.isBuffer(bytes) ? await this.chunksOf(bytes) : await this.chunksInPlace(bytes);
     const index = this.store.indexFor(account);
     const fresh: NewChunk[] = [];
     const seen = new Set<string>();
     const storedElsewhere = new Set<Promise<boolean>>();
-    const hashes = chunks.map((c) => c.hash);
     for (const chunk of chunks) {
       if (index.has(chunk.hash) || seen.has(chunk.hash)) continue;
       seen.add(chunk.hash);
@@ -783,19 +846,87 @@ export class SnapshotWriter {
       else fresh.push(chunk);
     }
     await this.store.storePacks(account, fresh);
-    // The piece must name only durable chunks, those a concurrent call was storing included.
-    for (const stored of storedElsewhere) {
+    await this.durableElsewhere(storedElsewhere);
+    return { hashes: chunks.map((c) => c.hash), bytesUploaded: fresh.reduce((n, c) => n + c.data.length, 0) };
+  }
+
+  /**
+   * Stores the chunks as they are hashed: a volume's first snapshot finds little stored already, so
+   * hashing first and storing after would be a second pass over its bytes for nothing. The workers
+   * write the batch into a new pack, at the chunks' offsets in the batch; the chunks the account
+   * turns out to have already are dropped from it again (their disk blocks freed), and the pack's
+   * index lists only the others.
+   */
+  private async storeAsHashed({ range, overrides }: PatchedRange): Promise<Stored> {
+    const { account, chunkSize } = this.meta;
+    const packId = newPackId();
+    const staged = await this.store.objects.stage!(packKey(account, packId));
+    try {
+      const stored = await this.store.storeFileChunks(range, chunkSize, staged.file);
+      const hashes = hexHashes(stored.hashes);
+      // Blocks written since the instant: the workers wrote their new bytes, the pack needs the old.
+      const patched = await patchChunks(range, overrides, chunkSize);
+      for (const [i, data] of patched) hashes[i] = chunkHash(data);
+      const inPack = (i: number) => stored.written[i] === 1 || patched.has(i);
+
+      const index = this.store.indexFor(account);
+      const entries: PackEntry[] = [];
+      const dropped: number[] = [];
+      const seen = new Set<string>();
+      const storedElsewhere = new Set<Promise<boolean>>();
+      hashes.forEach((hash, i) => {
+        const isNew = !index.has(hash) && !seen.has(hash);
+        seen.add(hash);
+        const pending = isNew ? index.pending.get(hash) : undefined; // a concurrent call is storing it
+        if (pending) storedElsewhere.add(pending);
+        const offset = i * chunkSize;
+        if (isNew && !pending)
+          entries.push({ hash, offset, length: Math.min(range.length, offset + chunkSize) - offset });
+        else if (inPack(i)) dropped.push(i);
+      });
+      if (entries.length === 0) {
+        await staged.discard();
+      } else {
+        await this.store.commitStagedPack(account, packId, staged, entries, async () => {
+          for (const { offset } of entries) {
+            const i = offset / chunkSize;
+            // New, but left out by the worker as a repeat of a chunk an override has since changed.
+            const data =
+              patched.get(i) ??
+              (inPack(i) ? undefined : await readFileRange(chunkRange(range, i, chunkSize)));
+            if (data) await writeAt(staged.file.fd, data, offset);
+          }
+          for (const [first, count] of runsOf(dropped)) {
+            const from = first * chunkSize;
+            await staged.drop(from, Math.min(range.length, (first + count) * chunkSize) - from);
+          }
+        });
+      }
+      await this.durableElsewhere(storedElsewhere);
+      return { hashes, bytesUploaded: entries.reduce((n, e) => n + e.length, 0) };
+    } catch (err) {
+      await staged.discard();
+      throw err;
+    }
+  }
+
+  /** Whether a lent batch this long is stored as hashed: in the volume's first snapshot, if it can be. */
+  private async storesAsHashed(length: number): Promise<boolean> {
+    if (!this.store.storesInPlace(length)) return false;
+    const { account, volumeId } = this.meta;
+    this.firstOfVolume ??= this.store.list({ account, volumeId }).then((held) => held.length === 0);
+    return this.firstOfVolume;
+  }
+
+  /** The chunks a concurrent call was storing must be durable before a piece or commit names them. */
+  private async durableElsewhere(storing: Set<Promise<boolean>>): Promise<void> {
+    for (const stored of storing) {
       if (!(await stored)) {
-        throw new Error(`storing a chunk of snapshot ${snapshotId} failed in a concurrent call; retry`);
+        throw new Error(
+          `storing a chunk of snapshot ${this.meta.snapshotId} failed in a concurrent call; retry`,
+        );
       }
     }
-    const bytesUploaded = fresh.reduce((n, c) => n + c.data.length, 0);
-    if (this.journal)
-      await this.store.putPiece(account, snapshotId, { first: firstChunk, bytesUploaded, hashes });
-    this.assertOpen(); // aborted meanwhile: report it rather than resurrect state
-    hashes.forEach((h, i) => (this.hashes[firstChunk + i] = h));
-    this.uploaded += bytesUploaded;
-    return bytesUploaded;
   }
 
   private async chunksOf(data: Buffer): Promise<NewChunk[]> {
@@ -818,17 +949,9 @@ export class SnapshotWriter {
       hash: digests.toString('hex', i * HASH_BYTES, (i + 1) * HASH_BYTES),
       data: subRange(range, i * chunkSize, Math.min(range.length, (i + 1) * chunkSize) - i * chunkSize),
     }));
-    const patched = new Map<number, Buffer>();
-    for (const [offset, data] of overrides) {
-      const i = Math.floor(offset / chunkSize);
-      let chunk = patched.get(i);
-      if (!chunk) {
-        chunk = await readFileRange(chunks[i].data as FileRange);
-        patched.set(i, chunk);
-      }
-      data.copy(chunk, offset - i * chunkSize);
+    for (const [i, data] of await patchChunks(range, overrides, chunkSize)) {
+      chunks[i] = { hash: chunkHash(data), data };
     }
-    for (const [i, data] of patched) chunks[i] = { hash: chunkHash(data), data };
     return chunks;
   }
 
@@ -983,6 +1106,62 @@ export class SnapshotWriter {
     if (Date.now() - this.lastRefresh < 30_000) return;
     this.lastRefresh = Date.now();
     await this.store.locks.refreshUpload(this.meta.account, this.meta.snapshotId);
+  }
+}
+
+/** What putBlocks stored of a batch: every chunk's hash, and the bytes that were new. */
+interface Stored {
+  hashes: string[];
+  bytesUploaded: number;
+}
+
+function hexHashes(digests: Buffer): string[] {
+  return Array.from({ length: digests.length / HASH_BYTES }, (_, i) =>
+    digests.toString('hex', i * HASH_BYTES, (i + 1) * HASH_BYTES),
+  );
+}
+
+function chunkRange(range: FileRange, i: number, chunkSize: number): FileRange {
+  return subRange(range, i * chunkSize, Math.min(range.length, (i + 1) * chunkSize) - i * chunkSize);
+}
+
+/** The chunks of a lent range that overrides touch, as they read with the overrides applied. */
+async function patchChunks(
+  range: FileRange,
+  overrides: ReadonlyMap<number, Buffer>,
+  chunkSize: number,
+): Promise<Map<number, Buffer>> {
+  const patched = new Map<number, Buffer>();
+  for (const [offset, data] of overrides) {
+    const i = Math.floor(offset / chunkSize);
+    let chunk = patched.get(i);
+    if (!chunk) {
+      chunk = await readFileRange(chunkRange(range, i, chunkSize));
+      patched.set(i, chunk);
+    }
+    data.copy(chunk, offset - i * chunkSize);
+  }
+  return patched;
+}
+
+/** [first, count] for each run of consecutive numbers in an increasing list. */
+function runsOf(sorted: number[]): [number, number][] {
+  const out: [number, number][] = [];
+  for (const n of sorted) {
+    const last = out[out.length - 1];
+    if (last && last[0] + last[1] === n) last[1]++;
+    else out.push([n, 1]);
+  }
+  return out;
+}
+
+async function writeAt(fd: number, data: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < data.length;) {
+    done += await new Promise<number>((resolve, reject) =>
+      writeCallback(fd, data, done, data.length - done, position + done, (err, n) =>
+        err ? reject(err) : resolve(n),
+      ),
+    );
   }
 }
 

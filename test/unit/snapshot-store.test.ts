@@ -193,6 +193,39 @@ describe('SnapshotStore', () => {
     expect((await readWhole('acct-1', 'snap-lent-2')).equals(image)).toBe(true);
   });
 
+  it("stores a volume's first snapshot as it hashes it, and drops again what the account had already", async () => {
+    // Another volume's snapshot holds 16 of the blocks already; 32 blocks are zeros (one chunk).
+    const shared = patternBytes('shared', 16 * BLOCK);
+    await snapshot(meta('snap-other', { volumeId: 'v-other', sizeBytes: 16 * BLOCK }), shared);
+    const before = packFiles(root, 'acct-1');
+    const image = Buffer.concat([
+      patternBytes('first-a', 16 * BLOCK),
+      shared,
+      Buffer.alloc(32 * BLOCK),
+      patternBytes('first-b', 64 * BLOCK),
+    ]);
+    const file = path.join(dir, 'first.img');
+    writeFileSync(file, image);
+    const overrides = new Map([[70 * BLOCK, Buffer.alloc(BLOCK, 7)]]); // written since the instant
+    const atInstant = Buffer.from(image);
+    overrides.get(70 * BLOCK)!.copy(atInstant, 70 * BLOCK);
+
+    const info = await lentSnapshot(
+      meta('snap-first', { volumeId: 'v-new', sizeBytes: 8 * MiB }),
+      file,
+      overrides,
+    );
+    expect(info.bytesUploaded).toBe((16 + 1 + 64) * BLOCK);
+    expect((await readWhole('acct-1', 'snap-first')).equals(atInstant)).toBe(true);
+    // Written at their offsets in the batch as they were hashed, then the known ones dropped: the
+    // packs span more than they hold, and only what was new takes disk space.
+    const packs = packFiles(root, 'acct-1').filter((f) => !before.includes(f));
+    const size = packs.reduce((n, f) => n + statSync(f).size, 0);
+    const allocated = packs.reduce((n, f) => n + statSync(f).blocks * 512, 0);
+    expect(size).toBeGreaterThan(info.bytesUploaded);
+    expect(allocated).toBe(info.bytesUploaded);
+  });
+
   it('refuses to hash or store a lent range whose descriptor now names another file', async () => {
     const file = path.join(dir, 'gone.img');
     writeFileSync(file, patternBytes('gone', 2 * MiB));
