@@ -21,21 +21,24 @@ const fs = require('node:fs');
 const { parentPort, workerData } = require('node:worker_threads');
 const { blake3 } = require(workerData.blake);
 // mmap through the FFI: hashing the page cache in place spares a copy of every byte into a buffer,
-// which costs about as much CPU as the hashing itself. A worker maps a whole file once and keeps the
-// mapping while tasks for it keep coming: mapping and unmapping each 16 MiB task cost 10-25% more
-// CPU per GiB, measured on one thread. A mapping keeps its file's pages even after the file is
-// deleted, so it goes after a moment without tasks.
+// which costs about as much CPU as the hashing itself. A worker maps a window of the file and keeps
+// it while tasks inside it keep coming: mapping and unmapping each 16 MiB task cost 10-25% more CPU
+// per GiB, measured on one thread. Windows are 1 GiB: a Buffer cannot be longer than 4 GiB, and
+// the FFI aborts the whole process when asked for a view longer than that. A mapping keeps its
+// file's pages even after the file is deleted, so it goes after a moment without tasks.
 const IDLE_UNMAP_MS = 500;
+const WINDOW_BYTES = 1024 * 1024 * 1024;
+const WINDOW_ALIGN = 2 * 1024 * 1024; // a multiple of any page size
 let map = null;
 try {
   const koffi = require(workerData.koffi);
   const libc = koffi.load('libc.so.6');
   const mmap = libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)');
   const munmap = libc.func('int munmap(void *addr, size_t length)');
-  let held = null; // { key, address, size, data }
+  let held = null; // { key, address, start, length, data }
   let idle = null;
   const drop = () => {
-    if (held) munmap(held.address, held.size);
+    if (held) munmap(held.address, held.length);
     held = null;
   };
   // The file's bytes [position, position + length), or null when they cannot be mapped.
@@ -43,14 +46,18 @@ try {
     clearTimeout(idle);
     idle = setTimeout(drop, IDLE_UNMAP_MS);
     if (size < position + length) return null; // past the end of the file now: touching it would fault
-    if (!held || held.key !== key || held.size < position + length) {
+    const inHeld =
+      held && held.key === key && held.start <= position && position + length <= held.start + held.length;
+    if (!inHeld) {
       drop();
+      const start = position - (position % WINDOW_ALIGN);
+      const windowLength = Math.min(size - start, Math.max(WINDOW_BYTES, position + length - start));
       // PROT_READ, MAP_SHARED: pages fault in as they are hashed.
-      const address = mmap(null, size, 1, 0x01, fd, 0);
+      const address = mmap(null, windowLength, 1, 0x01, fd, start);
       if (address === null || koffi.address(address) === 0xffffffffffffffffn) return null;
-      held = { key, address, size, data: Buffer.from(koffi.view(address, size)) };
+      held = { key, address, start, length: windowLength, data: Buffer.from(koffi.view(address, windowLength)) };
     }
-    return held.data.subarray(position, position + length);
+    return held.data.subarray(position - held.start, position - held.start + length);
   };
 } catch {}
 function hashAll(data, chunkSize) {

@@ -4,7 +4,7 @@ import { open } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ErrorType, type SnapshotUploadMeta } from '../../src/contracts';
-import { ChunkHasher } from '../../src/fleet/chunk-hasher';
+import { ChunkHasher, chunkHashes } from '../../src/fleet/chunk-hasher';
 import { fileRefOf } from '../../src/fleet/file-range';
 import { FileObjectStore, objectStoreRoot } from '../../src/fleet/object-store';
 import { patternBytes } from '../../src/fleet/pattern';
@@ -142,6 +142,31 @@ describe('SnapshotStore', () => {
     const chunks = (await store.get('acct-1', 'snap-w')).chunks;
     expect(chunks.join('')).toBe(inline.toString('hex'));
     expect((await store.readChunks('acct-1', 'snap-w', 0, 128)).equals(image)).toBe(true);
+  });
+
+  it('hashes and stores ranges of a file larger than 4 GiB in place (the largest buffer a view can be)', async () => {
+    const file = path.join(dir, 'large.img');
+    const at = 5 * 1024 * MiB + 3 * BLOCK; // past 4 GiB, and not on a window boundary
+    const data = patternBytes('far', 40 * MiB); // spans a 1 GiB boundary of the file's mappings
+    const fh = await open(file, 'w+');
+    const out = await open(path.join(dir, 'large.pack'), 'w+');
+    const hasher = new ChunkHasher(2);
+    try {
+      await fh.truncate(6 * 1024 * MiB); // sparse: no disk space
+      await fh.write(data, 0, data.length, at);
+      const range = { ...(await fileRefOf(fh)), position: at, length: data.length };
+      const inline = chunkHashes(data, BLOCK);
+      expect((await hasher.hashFileChunks(range, BLOCK)).equals(inline)).toBe(true);
+      const stored = await hasher.storeFileChunks(range, BLOCK, await fileRefOf(out));
+      expect(stored.hashes.equals(inline)).toBe(true);
+      expect([...stored.written].every((w) => w === 1)).toBe(true);
+      const { buffer } = await out.read(Buffer.alloc(data.length), 0, data.length, 0);
+      expect(buffer.equals(data)).toBe(true);
+    } finally {
+      await hasher.close();
+      await out.close();
+      await fh.close();
+    }
   });
 
   /** The image written to a file, lent batch by batch as a capture lends it, with `overrides` laid over. */
