@@ -23,22 +23,34 @@ const { blake3 } = require(workerData.blake);
 // mmap through the FFI: hashing the page cache in place spares a copy of every byte into a buffer,
 // which costs about as much CPU as the hashing itself. A worker maps a window of the file and keeps
 // it while tasks inside it keep coming: mapping and unmapping each 16 MiB task cost 10-25% more CPU
-// per GiB, measured on one thread. Windows are 1 GiB: a Buffer cannot be longer than 4 GiB, and
-// the FFI aborts the whole process when asked for a view longer than that. A mapping keeps its
-// file's pages even after the file is deleted, so it goes after a moment without tasks.
+// per GiB, measured on one thread. A mapping keeps its file's pages even after the file is deleted,
+// so it goes after a moment without tasks.
+// Windows are mapped over one address range the worker reserves for good, seen through one Buffer
+// made once: V8 counts a view as 1 GiB of new memory and collected garbage for 20-40 ms of CPU per
+// worker each time one was made (every snapshot). 1 GiB, because a Buffer cannot be longer than
+// 4 GiB and the FFI aborts the whole process when asked for a longer view.
 const IDLE_UNMAP_MS = 500;
 const WINDOW_BYTES = 1024 * 1024 * 1024;
 const WINDOW_ALIGN = 2 * 1024 * 1024; // a multiple of any page size
+const PROT_NONE = 0, PROT_READ = 1;
+const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
 let map = null;
 try {
   const koffi = require(workerData.koffi);
   const libc = koffi.load('libc.so.6');
   const mmap = libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)');
-  const munmap = libc.func('int munmap(void *addr, size_t length)');
-  let held = null; // { key, address, start, length, data }
+  const failed = (address) => address === null || koffi.address(address) === 0xffffffffffffffffn;
+  // Address space only: no memory behind it, and touching it faults until a window is mapped there.
+  const reserve = () => mmap(base, WINDOW_BYTES, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (base ? MAP_FIXED : 0), -1, 0);
+  let base = null;
+  base = reserve();
+  if (failed(base)) throw new Error('no address space for a window');
+  const view = Buffer.from(koffi.view(base, WINDOW_BYTES));
+  let held = null; // { key, start, length }: the file's bytes [start, start + length) are at view[0..length)
   let idle = null;
   const drop = () => {
-    if (held) munmap(held.address, held.length);
+    // Mapping the reservation over the window unmaps the file (and keeps the address range ours).
+    if (held && failed(reserve())) map = null;
     held = null;
   };
   // The file's bytes [position, position + length), or null when they cannot be mapped.
@@ -50,14 +62,19 @@ try {
       held && held.key === key && held.start <= position && position + length <= held.start + held.length;
     if (!inHeld) {
       drop();
+      if (!map) return null;
       const start = position - (position % WINDOW_ALIGN);
-      const windowLength = Math.min(size - start, Math.max(WINDOW_BYTES, position + length - start));
+      const windowLength = Math.min(size - start, WINDOW_BYTES);
+      if (position + length > start + windowLength) return null; // a task longer than a window: read it
       // PROT_READ, MAP_SHARED: pages fault in as they are hashed.
-      const address = mmap(null, windowLength, 1, 0x01, fd, start);
-      if (address === null || koffi.address(address) === 0xffffffffffffffffn) return null;
-      held = { key, address, start, length: windowLength, data: Buffer.from(koffi.view(address, windowLength)) };
+      if (failed(mmap(base, windowLength, PROT_READ, MAP_SHARED | MAP_FIXED, fd, start))) {
+        // The range may not be ours any more: never map over it again, read instead.
+        map = null;
+        return null;
+      }
+      held = { key, start, length: windowLength };
     }
-    return held.data.subarray(position - held.start, position - held.start + length);
+    return view.subarray(position - held.start, position - held.start + length);
   };
 } catch {}
 function hashAll(data, chunkSize) {
