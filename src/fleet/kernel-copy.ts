@@ -18,33 +18,46 @@ type AsyncFallocate = (
   done: (err: unknown, result: number) => void,
 ) => void;
 
-let copyFileRange: AsyncCopy | null | undefined;
-let fallocate: AsyncFallocate | null | undefined;
+/**
+ * A Linux libc call through the FFI, run on a pool thread; null (looked up once) when the platform
+ * or libc does not offer it (another libc, such as musl, or no prebuilt FFI binary).
+ */
+function libcCall<F>(signature: string): () => F | null {
+  let fn: F | null | undefined;
+  return () => {
+    if (fn !== undefined) return fn;
+    fn = null;
+    if (process.platform !== 'linux') return null;
+    try {
+      fn = koffi.load('libc.so.6').func(signature).async as F;
+    } catch {
+      // Callers do without: see each one.
+    }
+    return fn;
+  };
+}
 
 /**
- * Linux copy_file_range(2) through an FFI call on a pool thread. `cp` copies this way, so the bytes
- * go from one file's page cache to the other's without a round trip through user memory: one memory
- * copy instead of two, which is most of the difference between a user-space copy loop and `cp`.
- * Null when the platform or libc does not offer it; callers then copy through user space.
+ * Linux copy_file_range(2). `cp` copies this way, so the bytes go from one file's page cache to the
+ * other's without a round trip through user memory: one memory copy instead of two, which is most
+ * of the difference between a user-space copy loop and `cp`. Without it callers copy through user
+ * space.
  */
-function binding(): AsyncCopy | null {
-  if (copyFileRange !== undefined) return copyFileRange;
-  copyFileRange = null;
-  if (process.platform !== 'linux') return null;
-  try {
-    const libc = koffi.load('libc.so.6');
-    const fn = libc.func(
-      'int64_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)',
-    );
-    copyFileRange = fn.async as AsyncCopy;
-  } catch {
-    // Another libc (musl names it differently) or no prebuilt FFI binary: the user-space path serves.
-  }
-  return copyFileRange;
+const copyFileRange = libcCall<AsyncCopy>(
+  'int64_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)',
+);
+
+/** fallocate(2); without it, bytes meant to be dropped from a file stay where they are. */
+const fallocate = libcCall<AsyncFallocate>('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+
+/** Resolves with the call's result, or rejects with its error as an Error. */
+function settle<T>(resolve: (value: T) => void, reject: (err: Error) => void) {
+  return (err: unknown, result: T) =>
+    err ? reject(err instanceof Error ? err : new Error(String(err))) : resolve(result);
 }
 
 export function kernelCopyAvailable(): boolean {
-  return binding() !== null;
+  return copyFileRange() !== null;
 }
 
 /**
@@ -59,13 +72,22 @@ export async function kernelCopy(
   outPosition: number,
   length: number,
 ): Promise<void> {
-  const copy = binding();
+  const copy = copyFileRange();
   if (!copy) throw new Error('copy_file_range is not available on this platform');
   let done = 0;
   while (done < length) {
-    const copied = await new Promise<number>((resolve, reject) =>
-      copy(fdIn, [inPosition + done], fdOut, [outPosition + done], length - done, 0, (err, n) =>
-        err ? reject(err instanceof Error ? err : new Error(String(err))) : resolve(Number(n)),
+    // int64_t: a BigInt should koffi ever give one.
+    const copied = Number(
+      await new Promise<number>((resolve, reject) =>
+        copy(
+          fdIn,
+          [inPosition + done],
+          fdOut,
+          [outPosition + done],
+          length - done,
+          0,
+          settle(resolve, reject),
+        ),
       ),
     );
     if (copied < 0) throw new Error(`copy_file_range failed after ${done} of ${length} bytes`);
@@ -78,31 +100,15 @@ export async function kernelCopy(
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 
-function fallocateBinding(): AsyncFallocate | null {
-  if (fallocate !== undefined) return fallocate;
-  fallocate = null;
-  if (process.platform !== 'linux') return null;
-  try {
-    const libc = koffi.load('libc.so.6');
-    fallocate = libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)')
-      .async as AsyncFallocate;
-  } catch {
-    // As for copy_file_range: without it the bytes stay where they are.
-  }
-  return fallocate;
-}
-
 /**
  * Frees the disk blocks under [offset, offset + length) of a file, which then reads as zeros; the
  * file keeps its size. False where the platform or the filesystem cannot (the bytes then stay).
  */
 export async function punchHole(fd: number, offset: number, length: number): Promise<boolean> {
-  const call = fallocateBinding();
+  const call = fallocate();
   if (!call) return false;
   const result = await new Promise<number>((resolve, reject) =>
-    call(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length, (err, r) =>
-      err ? reject(err instanceof Error ? err : new Error(String(err))) : resolve(r),
-    ),
+    call(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length, settle(resolve, reject)),
   );
   return result === 0;
 }
