@@ -931,9 +931,8 @@ export class SnapshotWriter {
 
   private async chunksOf(data: Buffer): Promise<NewChunk[]> {
     const { chunkSize } = this.meta;
-    const digests = await this.store.hashChunks(data, chunkSize);
-    return Array.from({ length: digests.length / HASH_BYTES }, (_, i) => ({
-      hash: digests.toString('hex', i * HASH_BYTES, (i + 1) * HASH_BYTES),
+    return hexHashes(await this.store.hashChunks(data, chunkSize)).map((hash, i) => ({
+      hash,
       data: data.subarray(i * chunkSize, Math.min(data.length, (i + 1) * chunkSize)),
     }));
   }
@@ -945,9 +944,9 @@ export class SnapshotWriter {
   private async chunksInPlace({ range, overrides }: PatchedRange): Promise<NewChunk[]> {
     const { chunkSize } = this.meta;
     const digests = await this.store.hashFileChunks(range, chunkSize);
-    const chunks: NewChunk[] = Array.from({ length: digests.length / HASH_BYTES }, (_, i) => ({
-      hash: digests.toString('hex', i * HASH_BYTES, (i + 1) * HASH_BYTES),
-      data: subRange(range, i * chunkSize, Math.min(range.length, (i + 1) * chunkSize) - i * chunkSize),
+    const chunks: NewChunk[] = hexHashes(digests).map((hash, i) => ({
+      hash,
+      data: chunkRange(range, i, chunkSize),
     }));
     for (const [i, data] of await patchChunks(range, overrides, chunkSize)) {
       chunks[i] = { hash: chunkHash(data), data };
