@@ -131,7 +131,8 @@ function hashFile(file, length, chunkSize) {
   const st = checkSameFile(file);
   if (file.to) checkSameFile(file.to);
   const done = (data) => (file.to ? storeAll(data, chunkSize, file.to) : hashAll(data, chunkSize));
-  // Keyed by descriptor too: a mapping made through a descriptor since closed is not reused.
+  // Keyed by descriptor too: a mapping made through a descriptor since closed is not reused. While a
+  // window is held its file keeps its inode, so no file created meanwhile can have the same key.
   const mapped = map && map(file.fd, file.fd + ':' + st.dev + ':' + st.ino, st.size, file.position, length);
   if (mapped) return done(mapped);
   const data = Buffer.allocUnsafe(length);
