@@ -31,14 +31,7 @@ import {
   type PackEntry,
   type PackInfo,
 } from './chunk-pack';
-import {
-  isFileRange,
-  readFileRange,
-  subRange,
-  type FileRange,
-  type FileRef,
-  type PatchedRange,
-} from './file-range';
+import { isFileRange, readFileRange, subRange, type FileRange, type PatchedRange } from './file-range';
 import type { ObjectPart, ObjectStore, StagedObject } from './object-store';
 import { SnapshotLocks } from './snapshot-locks';
 
@@ -143,7 +136,8 @@ interface Piece {
 type Meta = Required<SnapshotUploadMeta>;
 
 export class SnapshotStore {
-  private readonly hasher: ChunkHasher;
+  /** @internal The hashing workers, shared with SnapshotWriter. */
+  readonly hasher: ChunkHasher;
   private readonly ownsHasher: boolean;
   private readonly indexes = new Map<string, AccountChunkIndex>();
   private readonly gcRuns = new Map<string, Promise<SnapshotGcResult>>();
@@ -390,26 +384,6 @@ export class SnapshotStore {
       this.indexes.set(account, index);
     }
     return index;
-  }
-
-  /** @internal */
-  hashChunks(data: Buffer, chunkSize: number): Promise<Buffer> {
-    return this.hasher.hashChunks(data, chunkSize);
-  }
-
-  /** @internal */
-  hashFileChunks(range: FileRange, chunkSize: number): Promise<Buffer> {
-    return this.hasher.hashFileChunks(range, chunkSize);
-  }
-
-  /** @internal */
-  storesInPlace(length: number): boolean {
-    return this.objects.stage !== undefined && this.hasher.storesInPlace(length);
-  }
-
-  /** @internal */
-  storeFileChunks(range: FileRange, chunkSize: number, to: FileRef) {
-    return this.hasher.storeFileChunks(range, chunkSize, to);
   }
 
   /**
@@ -862,7 +836,7 @@ export class SnapshotWriter {
     const packId = newPackId();
     const staged = await this.store.objects.stage!(packKey(account, packId));
     try {
-      const stored = await this.store.storeFileChunks(range, chunkSize, staged.file);
+      const stored = await this.store.hasher.storeFileChunks(range, chunkSize, staged.file);
       const hashes = hexHashes(stored.hashes);
       // Blocks written since the instant: the workers wrote their new bytes, the pack needs the old.
       const patched = await patchChunks(range, overrides, chunkSize);
@@ -912,7 +886,7 @@ export class SnapshotWriter {
 
   /** Whether a lent batch this long is stored as hashed: in the volume's first snapshot, if it can be. */
   private async storesAsHashed(length: number): Promise<boolean> {
-    if (!this.store.storesInPlace(length)) return false;
+    if (!this.store.objects.stage || !this.store.hasher.storesInPlace(length)) return false;
     const { account, volumeId } = this.meta;
     this.firstOfVolume ??= this.store.list({ account, volumeId }).then((held) => held.length === 0);
     return this.firstOfVolume;
@@ -931,7 +905,7 @@ export class SnapshotWriter {
 
   private async chunksOf(data: Buffer): Promise<NewChunk[]> {
     const { chunkSize } = this.meta;
-    return hexHashes(await this.store.hashChunks(data, chunkSize)).map((hash, i) => ({
+    return hexHashes(await this.store.hasher.hashChunks(data, chunkSize)).map((hash, i) => ({
       hash,
       data: data.subarray(i * chunkSize, Math.min(data.length, (i + 1) * chunkSize)),
     }));
@@ -943,7 +917,7 @@ export class SnapshotWriter {
    */
   private async chunksInPlace({ range, overrides }: PatchedRange): Promise<NewChunk[]> {
     const { chunkSize } = this.meta;
-    const digests = await this.store.hashFileChunks(range, chunkSize);
+    const digests = await this.store.hasher.hashFileChunks(range, chunkSize);
     const chunks: NewChunk[] = hexHashes(digests).map((hash, i) => ({
       hash,
       data: chunkRange(range, i, chunkSize),
