@@ -808,20 +808,12 @@ export class SnapshotWriter {
   private async hashThenStore(bytes: Buffer | PatchedRange): Promise<Stored> {
     const { account } = this.meta;
     const chunks = Buffer.isBuffer(bytes) ? await this.chunksOf(bytes) : await this.chunksInPlace(bytes);
-    const index = this.store.indexFor(account);
-    const fresh: NewChunk[] = [];
-    const seen = new Set<string>();
-    const storedElsewhere = new Set<Promise<boolean>>();
-    for (const chunk of chunks) {
-      if (index.has(chunk.hash) || seen.has(chunk.hash)) continue;
-      seen.add(chunk.hash);
-      const pending = index.pending.get(chunk.hash); // a concurrent call is storing it right now
-      if (pending) storedElsewhere.add(pending);
-      else fresh.push(chunk);
-    }
+    const hashes = chunks.map((c) => c.hash);
+    const { fresh: freshAt, storedElsewhere } = this.newChunks(hashes);
+    const fresh = freshAt.map((i) => chunks[i]);
     await this.store.storePacks(account, fresh);
     await this.durableElsewhere(storedElsewhere);
-    return { hashes: chunks.map((c) => c.hash), bytesUploaded: fresh.reduce((n, c) => n + c.data.length, 0) };
+    return { hashes, bytesUploaded: fresh.reduce((n, c) => n + c.data.length, 0) };
   }
 
   /**
@@ -843,21 +835,14 @@ export class SnapshotWriter {
       for (const [i, data] of patched) hashes[i] = chunkHash(data);
       const inPack = (i: number) => stored.written[i] === 1 || patched.has(i);
 
-      const index = this.store.indexFor(account);
-      const entries: PackEntry[] = [];
-      const dropped: number[] = [];
-      const seen = new Set<string>();
-      const storedElsewhere = new Set<Promise<boolean>>();
-      hashes.forEach((hash, i) => {
-        const isNew = !index.has(hash) && !seen.has(hash);
-        seen.add(hash);
-        const pending = isNew ? index.pending.get(hash) : undefined; // a concurrent call is storing it
-        if (pending) storedElsewhere.add(pending);
-        const offset = i * chunkSize;
-        if (isNew && !pending)
-          entries.push({ hash, offset, length: Math.min(range.length, offset + chunkSize) - offset });
-        else if (inPack(i)) dropped.push(i);
-      });
+      const { fresh, storedElsewhere } = this.newChunks(hashes);
+      const entries: PackEntry[] = fresh.map((i) => ({
+        hash: hashes[i],
+        offset: i * chunkSize,
+        length: chunkRange(range, i, chunkSize).length,
+      }));
+      const isFresh = new Set(fresh);
+      const dropped = hashes.map((_, i) => i).filter((i) => !isFresh.has(i) && inPack(i));
       if (entries.length === 0) {
         await staged.discard();
       } else {
@@ -882,6 +867,27 @@ export class SnapshotWriter {
       await staged.discard();
       throw err;
     }
+  }
+
+  /**
+   * Which of a batch's chunks (by index) this call stores: the first of each hash that the account
+   * does not have and that no concurrent call is storing. Synchronous, so the caller claims them
+   * (marks them pending) before another call looks. The chunks a concurrent call is storing come
+   * back too: they must be durable before this batch counts.
+   */
+  private newChunks(hashes: string[]): { fresh: number[]; storedElsewhere: Set<Promise<boolean>> } {
+    const index = this.store.indexFor(this.meta.account);
+    const fresh: number[] = [];
+    const seen = new Set<string>();
+    const storedElsewhere = new Set<Promise<boolean>>();
+    hashes.forEach((hash, i) => {
+      if (index.has(hash) || seen.has(hash)) return;
+      seen.add(hash);
+      const pending = index.pending.get(hash); // a concurrent call is storing it right now
+      if (pending) storedElsewhere.add(pending);
+      else fresh.push(i);
+    });
+    return { fresh, storedElsewhere };
   }
 
   /** Whether a lent batch this long is stored as hashed: in the volume's first snapshot, if it can be. */
