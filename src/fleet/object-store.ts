@@ -11,6 +11,7 @@ import {
   type FileRef,
 } from './file-range';
 import { kernelCopy, kernelCopyAvailable, punchHole } from './kernel-copy';
+import { writeFully } from './volume';
 
 /**
  * A piece of an object being put: bytes in memory, or a range of an open local file that the store
@@ -50,6 +51,7 @@ export interface ObjectStore {
 export interface StagedObject {
   /** The file to write the object's bytes into (at their offsets in the object). */
   readonly file: FileRef;
+  write(data: Buffer, position: number): Promise<void>;
   /**
    * The bytes at [offset, offset + length) are not part of the object after all: their disk blocks
    * are freed and they read as zeros (where the filesystem cannot, they stay, unread).
@@ -102,17 +104,12 @@ export class FileObjectStore implements ObjectStore {
   }
 
   async put(key: string, data: Buffer | readonly ObjectPart[]): Promise<void> {
-    const file = this.fileOf(key);
-    const buffers = Buffer.isBuffer(data) ? [data] : data;
-    const tmp = tempPath(file);
+    const { file, tmp, fh } = await this.createTemp(key);
     try {
       try {
-        await writeAll(tmp, buffers);
-      } catch (err) {
-        // First object in its folder, or the folder was just removed as empty by a delete.
-        if (!isNoEnt(err)) throw err;
-        await mkdir(path.dirname(file), { recursive: true });
-        await writeAll(tmp, buffers);
+        await writeAll(fh, tmp, Buffer.isBuffer(data) ? [data] : data);
+      } finally {
+        await fh.close();
       }
       await rename(tmp, file);
     } catch (err) {
@@ -123,16 +120,7 @@ export class FileObjectStore implements ObjectStore {
 
   /** The object's temp file, named as put names them: removeStaleTemps collects it if its writer dies. */
   async stage(key: string): Promise<StagedObject> {
-    const file = this.fileOf(key);
-    const tmp = tempPath(file);
-    let fh: FileHandle;
-    try {
-      fh = await open(tmp, 'wx');
-    } catch (err) {
-      if (!isNoEnt(err)) throw err;
-      await mkdir(path.dirname(file), { recursive: true }); // first object in its folder (see put)
-      fh = await open(tmp, 'wx');
-    }
+    const { file, tmp, fh } = await this.createTemp(key);
     const discard = async () => {
       await fh.close().catch(() => undefined); // closed already by a failed commit
       await rm(tmp, { force: true });
@@ -140,6 +128,7 @@ export class FileObjectStore implements ObjectStore {
     try {
       return {
         file: await fileRefOf(fh),
+        write: (data, position) => writeFully(fh, data, position),
         drop: async (offset, length) => {
           await punchHole(fh.fd, offset, length).catch(() => false);
         },
@@ -157,6 +146,20 @@ export class FileObjectStore implements ObjectStore {
     } catch (err) {
       await discard();
       throw err;
+    }
+  }
+
+  /** A new temp file beside where the object goes (to be renamed there). */
+  private async createTemp(key: string): Promise<{ file: string; tmp: string; fh: FileHandle }> {
+    const file = this.fileOf(key);
+    const tmp = tempPath(file);
+    try {
+      return { file, tmp, fh: await open(tmp, 'wx') };
+    } catch (err) {
+      // First object in its folder, or the folder was just removed as empty by a delete.
+      if (!isNoEnt(err)) throw err;
+      await mkdir(path.dirname(file), { recursive: true });
+      return { file, tmp, fh: await open(tmp, 'wx') };
     }
   }
 
@@ -263,32 +266,26 @@ export class FileObjectStore implements ObjectStore {
   }
 }
 
-async function writeAll(file: string, parts: readonly ObjectPart[]): Promise<void> {
-  const fh = await open(file, 'wx');
-  try {
-    let position = 0;
-    for (let i = 0; i < parts.length;) {
-      const part = parts[i];
-      if (isFileRange(part)) {
-        await copyRange(part, fh, position);
-        position += part.length;
-        i++;
-        continue;
-      }
-      // A run of buffers goes in one writev; libuv loops over partial writes and IOV_MAX itself.
-      let end = i;
-      while (end < parts.length && !isFileRange(parts[end])) end++;
-      const run = parts.slice(i, end) as Buffer[];
-      const total = run.reduce((n, b) => n + b.length, 0);
-      const { bytesWritten } = await fh.writev(run, position);
-      // Check anyway: a short file is corruption.
-      if (bytesWritten !== total)
-        throw new Error(`short write to ${file}: ${bytesWritten} of ${total} bytes`);
-      position += total;
-      i = end;
+async function writeAll(fh: FileHandle, file: string, parts: readonly ObjectPart[]): Promise<void> {
+  let position = 0;
+  for (let i = 0; i < parts.length;) {
+    const part = parts[i];
+    if (isFileRange(part)) {
+      await copyRange(part, fh, position);
+      position += part.length;
+      i++;
+      continue;
     }
-  } finally {
-    await fh.close();
+    // A run of buffers goes in one writev; libuv loops over partial writes and IOV_MAX itself.
+    let end = i;
+    while (end < parts.length && !isFileRange(parts[end])) end++;
+    const run = parts.slice(i, end) as Buffer[];
+    const total = run.reduce((n, b) => n + b.length, 0);
+    const { bytesWritten } = await fh.writev(run, position);
+    // Check anyway: a short file is corruption.
+    if (bytesWritten !== total) throw new Error(`short write to ${file}: ${bytesWritten} of ${total} bytes`);
+    position += total;
+    i = end;
   }
 }
 

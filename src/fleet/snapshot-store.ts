@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { write as writeCallback } from 'node:fs';
 import {
   assertId,
   assertObject,
@@ -853,7 +852,7 @@ export class SnapshotWriter {
             const data =
               patched.get(i) ??
               (inPack(i) ? undefined : await readFileRange(chunkRange(range, i, chunkSize)));
-            if (data) await writeAt(staged.file.fd, data, offset);
+            if (data) await staged.write(data, offset);
           }
           for (const [first, count] of runsOf(dropped)) {
             const from = first * chunkSize;
@@ -1132,16 +1131,6 @@ function runsOf(sorted: number[]): [number, number][] {
     else out.push([n, 1]);
   }
   return out;
-}
-
-async function writeAt(fd: number, data: Buffer, position: number): Promise<void> {
-  for (let done = 0; done < data.length;) {
-    done += await new Promise<number>((resolve, reject) =>
-      writeCallback(fd, data, done, data.length - done, position + done, (err, n) =>
-        err ? reject(err) : resolve(n),
-      ),
-    );
-  }
 }
 
 /**
