@@ -304,12 +304,23 @@ export class ChunkHasher {
     while (this.slots.length < this.workerCount && this.slots.length < this.queue.length) this.spawn();
     for (const slot of this.slots) {
       if (slot.task || this.queue.length === 0) continue;
-      const task = this.queue.shift()!;
+      const task = this.takeTask();
       slot.task = task;
       slot.worker.ref(); // a caller awaits this result: keep the process alive until it arrives
       const { id, sab, offset, length, chunkSize, file } = task;
       slot.worker.postMessage({ id, sab, offset, length, chunkSize, file });
     }
+  }
+
+  /**
+   * The first queued task that writes into no file another worker is writing, or else the first.
+   * Buffered writes to one file take turns on its inode's lock: two workers storing into one pack
+   * spun waiting for each other, for up to a sixth of their time when fresh memory was slow.
+   */
+  private takeTask(): Task {
+    const writing = new Set(this.slots.flatMap((s) => (s.task?.file?.to ? [s.task.file.to.fd] : [])));
+    const at = this.queue.findIndex((t) => !t.file?.to || !writing.has(t.file.to.fd));
+    return this.queue.splice(Math.max(0, at), 1)[0];
   }
 
   private spawn(): void {
