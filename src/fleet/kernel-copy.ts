@@ -96,19 +96,32 @@ export async function kernelCopy(
   }
 }
 
-/** fallocate(2) modes: free the blocks, keep the file's size. */
+/** fallocate(2) modes: allocate (0), free the blocks, keep the file's size. */
+const FALLOC_ALLOCATE = 0;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
+
+async function fallocateRange(fd: number, mode: number, offset: number, length: number): Promise<boolean> {
+  const call = fallocate();
+  if (!call) return false;
+  const result = await new Promise<number>((resolve, reject) =>
+    call(fd, mode, offset, length, settle(resolve, reject)),
+  );
+  return result === 0;
+}
+
+/**
+ * Allocates the disk blocks under [offset, offset + length) of a file ahead of writing them, and
+ * makes the file at least that long. False where the platform or the filesystem cannot.
+ */
+export async function preallocate(fd: number, offset: number, length: number): Promise<boolean> {
+  return fallocateRange(fd, FALLOC_ALLOCATE, offset, length);
+}
 
 /**
  * Frees the disk blocks under [offset, offset + length) of a file, which then reads as zeros; the
  * file keeps its size. False where the platform or the filesystem cannot (the bytes then stay).
  */
 export async function punchHole(fd: number, offset: number, length: number): Promise<boolean> {
-  const call = fallocate();
-  if (!call) return false;
-  const result = await new Promise<number>((resolve, reject) =>
-    call(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length, settle(resolve, reject)),
-  );
-  return result === 0;
+  return fallocateRange(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
 }

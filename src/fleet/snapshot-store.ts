@@ -825,7 +825,7 @@ export class SnapshotWriter {
   private async storeAsHashed({ range, overrides }: PatchedRange): Promise<Stored> {
     const { account, chunkSize } = this.meta;
     const packId = newPackId();
-    const staged = await this.store.objects.stage!(packKey(account, packId));
+    const staged = await this.store.objects.stage!(packKey(account, packId), range.length);
     try {
       const stored = await this.store.hasher.storeFileChunks(range, chunkSize, staged.file);
       const hashes = hexHashes(stored.hashes);
@@ -841,7 +841,8 @@ export class SnapshotWriter {
         length: chunkRange(range, i, chunkSize).length,
       }));
       const isFresh = new Set(fresh);
-      const dropped = hashes.map((_, i) => i).filter((i) => !isFresh.has(i) && inPack(i));
+      // Every chunk not in the index: the pack's space was set aside whole, written or not.
+      const dropped = hashes.map((_, i) => i).filter((i) => !isFresh.has(i));
       if (entries.length === 0) {
         await staged.discard();
       } else {

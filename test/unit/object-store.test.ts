@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, rmSync, writeFileSync, writeSync, existsSync } from 'node:fs';
+import { fstatSync, mkdtempSync, readdirSync, rmSync, writeFileSync, writeSync, existsSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ErrorType } from '../../src/contracts';
@@ -69,6 +69,21 @@ describe('FileObjectStore', () => {
     await given.discard();
     expect(await objects.list('acct-1/')).toEqual(['acct-1/packs/ab/new.pack']);
     expect(readdirSync(path.join(dir, 'object-store', 'acct-1', 'packs', 'cd'))).toEqual([]);
+  });
+
+  it('sets the space of a staged object aside up front when told its length, and frees what it drops', async () => {
+    const staged = await objects.stage('acct-1/packs/ab/sized.pack', 4 * 65536);
+    const allocated = () => fstatSync(staged.file.fd).blocks * 512;
+    expect(fstatSync(staged.file.fd).size).toBe(4 * 65536);
+    expect(allocated()).toBeGreaterThanOrEqual(4 * 65536); // before a byte is written
+    writeSync(staged.file.fd, Buffer.alloc(65536, 7), 0, 65536, 65536);
+    await staged.drop(2 * 65536, 2 * 65536);
+    await staged.drop(0, 65536);
+    expect(allocated()).toBe(65536);
+    await staged.commit();
+    expect((await objects.get('acct-1/packs/ab/sized.pack'))?.subarray(65536, 2 * 65536)).toEqual(
+      Buffer.alloc(65536, 7),
+    );
   });
 
   it('refuses keys that could escape the root or are not plain segments', async () => {
