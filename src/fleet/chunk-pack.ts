@@ -62,7 +62,9 @@ export function encodePackIndex(entries: readonly PackEntry[]): Buffer {
   entries.forEach((e, i) => {
     const at = HEADER_BYTES + i * ENTRY_BYTES;
     out.write(e.hash, at, HASH_BYTES, 'hex');
-    out.writeBigUInt64LE(BigInt(e.offset), at + HASH_BYTES);
+    // A u64 as two u32 halves: the same bytes as writeBigUInt64LE, without a BigInt per chunk.
+    out.writeUInt32LE(e.offset % 2 ** 32, at + HASH_BYTES);
+    out.writeUInt32LE(Math.floor(e.offset / 2 ** 32), at + HASH_BYTES + 4);
     out.writeUInt32LE(e.length, at + HASH_BYTES + 8);
   });
   return out;
