@@ -315,7 +315,7 @@ export class ChunkHasher {
   /**
    * The first queued task that writes into no file another worker is writing, or else the first.
    * Buffered writes to one file take turns on its inode's lock: two workers storing into one pack
-   * spun waiting for each other, for up to a sixth of their time when fresh memory was slow.
+   * spun waiting for each other, for about a seventh of their time when fresh memory was slow.
    */
   private takeTask(): Task {
     const writing = new Set(this.slots.flatMap((s) => (s.task?.file?.to ? [s.task.file.to.fd] : [])));

@@ -43,7 +43,7 @@ export interface ObjectStore {
   /**
    * An object to be written in place, through a local file, before it is put: what lets a snapshot
    * store chunks as it hashes them. Optional: a remote store has no such file. `length`, when
-   * given, is how long the object will about be: the store may set its space aside up front.
+   * given, is about how long the object will be: the store may set its space aside up front.
    */
   stage?(key: string, length?: number): Promise<StagedObject>;
 }
