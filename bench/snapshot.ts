@@ -1,9 +1,10 @@
 /**
  * bench:snapshot — pre-migration snapshots of a running instance's 1 GiB volume through the real
  * workflow, worker and snapshot store: (a) a full snapshot (end to end, from the client) vs `cp` of
- * the same image on the same disk, five times each, interleaved (the snapshot is deleted in between
- * so the next one is full again); (b) the pause each snapshot's instant cost the running workload; (c) a second
- * snapshot after about 1% of the volume's blocks were written, and the share of the volume it uploaded.
+ * the same image on the same disk, five times each (the snapshot is deleted in between so the next
+ * one is full again); (b) the pause each snapshot's instant cost the running
+ * workload; (c) a second snapshot after about 1% of the volume's blocks were written, and the share
+ * of the volume it uploaded.
  * Last line: one JSON object. fullMBps is end to end, as an operator waits for it; activityMBps
  * (no goal) is the snapshotVolume activity alone (open, capture, upload, commit), without the
  * workflow's planning and retention steps.
@@ -25,15 +26,23 @@ import { startCluster, type TestCluster } from '../test/helpers/cluster';
 import { activityIntervals } from '../test/helpers/history-timing';
 
 /**
- * Medians of five: on this kind of VM the same `cp` takes 0.35 s in one minute and 0.5 s in the
- * next, and a run that lands on memory the host has reclaimed takes twice as long.
+ * Medians of five runs, where the measured `cp` and the snapshot start alike: right after another
+ * copy of the image was removed. This VM hands memory back to its host a couple of seconds after it
+ * is freed, and touching it again costs more than the copy; how long ago the last gigabyte was
+ * freed decided which step paid for it. With `cp` right after a snapshot's deletion and the snapshot
+ * right after `cp`, the snapshot took up to twice as long as in the other order, and so did `cp`.
+ * The same `cp` also takes 0.35 s in one minute and 0.5 s in the next.
  */
 const RUNS = 5;
 /** Slow enough that the writes landing during one snapshot stay well under 1% of the blocks. */
 const WORKLOAD = { writeBytesPerSec: 256 * 1024, writeSize: 4096 };
 const CHANGED_FRACTION = 0.01;
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const median = (xs: number[]) => {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length / 2;
+  return Number.isInteger(mid) ? (sorted[mid - 1] + sorted[mid]) / 2 : sorted[Math.floor(mid)];
+};
 const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -66,14 +75,11 @@ async function deleteSnapshot(cluster: TestCluster, account: string, snapshotId:
   })) as SnapshotDeleteResult;
 }
 
-function cpMs(image: string): number {
-  const copy = path.join(path.dirname(image), 'cp-bench.img');
-  execFileSync('sync');
+/** `cp` of the image to `copy`, which stays until the caller removes it. */
+function cpMs(image: string, copy: string): number {
   const t0 = performance.now();
   execFileSync('cp', [image, copy]);
-  const took = performance.now() - t0;
-  fs.rmSync(copy);
-  return took;
+  return performance.now() - t0;
 }
 
 /** Distinct blocks the workload wrote with afterSeq < seq <= upToSeq. */
@@ -105,20 +111,31 @@ async function main() {
     const volume = layout.volumes[0];
     const image = new HostStore(cluster.dataDir, instance.hostId).imagePath(volume.volumeId);
 
+    const copy = path.join(path.dirname(image), 'cp-bench.img');
     const fullMs: number[] = [];
     const uploadMs: number[] = [];
     const cps: number[] = [];
     const pauses: number[] = [];
+    let held: string | undefined; // the last run's snapshot
+    // Both measured steps start alike (see RUNS): right after a copy of the image was removed.
+    const freshlyFreed = (): number => {
+      const took = cpMs(image, copy);
+      fs.rmSync(copy);
+      execFileSync('sync');
+      return took;
+    };
     // Run 0 is a warm-up (JIT, hashing workers, first touch of fresh memory), not measured.
     for (let run = 0; run <= RUNS; run++) {
-      const cpTook = cpMs(image);
-      execFileSync('sync');
+      if (held) await deleteSnapshot(cluster, instance.account, held);
+      freshlyFreed();
+      const cpTook = freshlyFreed();
       const { ms, activityMs: upload, snapshot: s } = await snapshot(cluster, instance.instanceId);
+      held = s.snapshotId;
       if (s.bytesUploaded < volume.sizeBytes * 0.99) {
         throw new Error(`snapshot ${s.snapshotId} uploaded ${s.bytesUploaded} bytes: not a full snapshot`);
       }
       console.log(
-        `run ${run}${run === 0 ? ' (warm-up)' : ''}: full snapshot ${round(ms)} ms end to end, ${round(upload)} ms in the snapshot activity (paused ${round(s.pausedMs)} ms), cp ${round(cpTook)} ms`,
+        `run ${run}${run === 0 ? ' (warm-up)' : ''}: cp ${round(cpTook)} ms, full snapshot ${round(ms)} ms end to end, ${round(upload)} ms in the snapshot activity (paused ${round(s.pausedMs)} ms)`,
       );
       if (run > 0) {
         fullMs.push(ms);
@@ -126,8 +143,7 @@ async function main() {
         cps.push(cpTook);
         pauses.push(s.pausedMs);
       }
-      if (run < RUNS) await deleteSnapshot(cluster, instance.account, s.snapshotId);
-      else {
+      if (run === RUNS) {
         // The last full snapshot stays: the incremental one is measured against it.
         const want = Math.round((volume.sizeBytes / volume.blockSize) * CHANGED_FRACTION);
         while (blocksWritten(cluster.dataDir, instance.instanceId, volume.blockSize, s.atSeq) < want) {
