@@ -202,6 +202,15 @@ export class ChunkHasher {
 
   constructor(private readonly workerCount = defaultWorkerCount()) {}
 
+  /**
+   * Starts the workers now rather than on the first call, which otherwise waits about 50 ms for
+   * them (an operator's first snapshot). Idle, they keep nothing alive.
+   */
+  start(): void {
+    if (this.closed) return;
+    while (this.slots.length < this.workerCount) this.spawn();
+  }
+
   /** A Buffer over shared memory: fill it and pass it to hashChunks to spare a copy. */
   static sharedBuffer(size: number): Buffer {
     return Buffer.from(new SharedArrayBuffer(size));
