@@ -2,9 +2,9 @@
  * bench:snapshot — pre-migration snapshots of a running instance's 1 GiB volume through the real
  * workflow, worker and snapshot store: (a) a full snapshot (end to end, from the client) vs `cp` of
  * the same image on the same disk, five times each (the snapshot is deleted in between so the next
- * one is full again); (b) the pause each snapshot's instant cost the running
- * workload; (c) a second snapshot after about 1% of the volume's blocks were written, and the share
- * of the volume it uploaded.
+ * one is full again); (b) the pause each snapshot's instant cost the running workload; (c) a second
+ * snapshot after about 1% of the volume's blocks were written, and the share of the volume it
+ * uploaded.
  * Last line: one JSON object. fullMBps is end to end, as an operator waits for it; activityMBps
  * (no goal) is the snapshotVolume activity alone (open, capture, upload, commit), without the
  * workflow's planning and retention steps.
@@ -38,11 +38,7 @@ const RUNS = 5;
 const WORKLOAD = { writeBytesPerSec: 256 * 1024, writeSize: 4096 };
 const CHANGED_FRACTION = 0.01;
 
-const median = (xs: number[]) => {
-  const sorted = [...xs].sort((a, b) => a - b);
-  const mid = sorted.length / 2;
-  return Number.isInteger(mid) ? (sorted[mid - 1] + sorted[mid]) / 2 : sorted[Math.floor(mid)];
-};
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
