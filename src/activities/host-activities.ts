@@ -42,8 +42,6 @@ import type { LendAt, SnapshotStore, SnapshotWriter } from '../fleet/snapshot-st
 import type { VolumeCapture } from '../fleet/volume-capture';
 
 const HEARTBEAT_EVERY_MS = 1000;
-/** Upload progress is heartbeated at most this often (and once more at the end). */
-const PROGRESS_BEAT_MS = 250;
 
 /** The activity context when called by a worker (or MockActivityEnvironment); undefined in a plain call. */
 function context(): Context | undefined {
@@ -175,7 +173,9 @@ export function createHostActivities(agent: HostAgent, snapshots: SnapshotStore)
   async function uploadCapture(writer: SnapshotWriter, capture: VolumeCapture): Promise<VolumeSnapshot> {
     const ctx = context();
     let progress = { bytesUploaded: 0, nextChunk: 0, chunkCount: writer.chunkCount };
-    let beatAt = 0;
+    // The timer heartbeats the latest progress meanwhile: a heartbeat per batch cost the busy main
+    // thread about half a millisecond each, and the SDK sends the server one per throttle interval
+    // whatever it is given. The whole upload is reported once it is done.
     await withHeartbeat(
       () =>
         writer.uploadLent(captureLender(capture), {
@@ -183,16 +183,11 @@ export function createHostActivities(agent: HostAgent, snapshots: SnapshotStore)
           ...(capture.lendsInPlace ? LENT_UPLOAD : {}),
           onProgress: (p) => {
             progress = p;
-            // Not every batch: each heartbeat costs the busy main thread about half a millisecond,
-            // and the SDK sends the server one per throttle interval whatever it is given.
-            const now = performance.now();
-            if (now - beatAt < PROGRESS_BEAT_MS && p.nextChunk < p.chunkCount) return;
-            beatAt = now;
-            ctx?.heartbeat(progress);
           },
         }),
       () => progress,
     );
+    ctx?.heartbeat(progress);
     const { account, snapshotId } = writer.meta;
     // Before the commit: once the snapshot exists, so do the figures a retry returns.
     const facts: CaptureFacts = { snapshotId, atSeq: capture.atSeq, pausedMs: capture.pausedMs };
