@@ -122,7 +122,7 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
 
   const serveHost = async (hostId: string): Promise<void> => {
     const agent = await fleet.host(hostId);
-    snapshots.hasher.start(); // a host's snapshots hash: ready before the first one
+    snapshots.startHashing(); // a host's snapshots hash: ready before the first one
     const interceptors = options.hostActivityInterceptors?.(hostId);
     const worker = await Worker.create({
       connection,

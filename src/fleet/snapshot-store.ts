@@ -163,6 +163,11 @@ export class SnapshotStore {
     });
   }
 
+  /** Starts the hashing workers ahead of the first snapshot, which would otherwise wait for them. */
+  startHashing(): void {
+    this.hasher.start();
+  }
+
   async close(): Promise<void> {
     if (this.ownsHasher) await this.hasher.close();
   }
