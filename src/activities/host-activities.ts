@@ -73,9 +73,8 @@ const MIN_CHUNK_BYTES = 4096;
 /**
  * A lent batch costs no memory (the image is hashed and stored from the page cache), so batches are
  * larger than when reading: half the per-batch object puts. A workload write to a block of a lent
- * batch waits until the batch is stored; with 1 GiB on two busy cores that was at most 50-70 ms with
- * three batches in flight, 80-210 ms with four (no faster overall), and 20-40 ms when batches are
- * read, which makes the whole snapshot take twice as long.
+ * batch does not wait for it (VolumeCapture.lendBlocks), so how many are in flight is a matter of
+ * keeping the hashing workers fed.
  */
 const LENT_UPLOAD = { batchBytes: 32 * 1024 * 1024, inFlight: 3 };
 /** Restores read (and heartbeat) in batches of this much. */

@@ -24,7 +24,8 @@ export interface FileRange extends FileRef {
 /**
  * A file range as it is to be read: its bytes, except where an override (keyed by its offset from
  * the range's start) gives other ones. A capture lends blocks this way: the image in place, plus
- * the old content of the few blocks written since its instant.
+ * the old content of the few blocks written since its instant. Overrides may be added while the
+ * range is lent (never changed): lay them over the bytes after reading them, not before.
  */
 export interface PatchedRange {
   readonly range: FileRange;

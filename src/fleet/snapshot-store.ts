@@ -814,6 +814,8 @@ export class SnapshotWriter {
     const chunks = Buffer.isBuffer(bytes) ? await this.chunksOf(bytes) : await this.chunksInPlace(bytes);
     const hashes = chunks.map((c) => c.hash);
     const { fresh: freshAt, storedElsewhere } = this.newChunks(hashes);
+    // Lent bytes are read only now that they are known to be new: a write may land on them any time.
+    if (!Buffer.isBuffer(bytes)) await this.readFresh(bytes, chunks, freshAt);
     const fresh = freshAt.map((i) => chunks[i]);
     await this.store.storePacks(account, fresh);
     await this.durableElsewhere(storedElsewhere);
@@ -827,15 +829,16 @@ export class SnapshotWriter {
    * turns out to have already are dropped from it again (their disk blocks freed), and the pack's
    * index lists only the others.
    */
-  private async storeAsHashed({ range, overrides }: PatchedRange): Promise<Stored> {
+  private async storeAsHashed(lent: PatchedRange): Promise<Stored> {
+    const { range } = lent;
     const { account, chunkSize } = this.meta;
     const packId = newPackId();
     const staged = await this.store.objects.stage!(packKey(account, packId), range.length);
     try {
       const stored = await this.store.hasher.storeFileChunks(range, chunkSize, staged.file);
       const hashes = hexHashes(stored.hashes);
-      // Blocks written since the instant: the workers wrote their new bytes, the pack needs the old.
-      const patched = await patchChunks(range, overrides, chunkSize);
+      // Blocks written since the instant: the workers may have seen the new bytes, the pack needs the old.
+      const patched = await patchChunks(lent, chunkSize);
       for (const [i, data] of patched) hashes[i] = chunkHash(data);
       const inPack = (i: number) => stored.written[i] === 1 || patched.has(i);
 
@@ -857,7 +860,9 @@ export class SnapshotWriter {
             // New, but left out by the worker as a repeat of a chunk an override has since changed.
             const data =
               patched.get(i) ??
-              (inPack(i) ? undefined : await readFileRange(chunkRange(range, i, chunkSize)));
+              (inPack(i)
+                ? undefined
+                : await readLent(lent, i * chunkSize, chunkRange(range, i, chunkSize).length));
             if (data) await staged.write(data, offset);
           }
           for (const [first, count] of runsOf(dropped)) {
@@ -923,20 +928,41 @@ export class SnapshotWriter {
   }
 
   /**
-   * The chunks of lent bytes: hashed in place, and stored from the file, except those with an
-   * override (blocks written since the capture's instant), which are read, patched and hashed here.
+   * The chunks of lent bytes: hashed in place, except those with an override (blocks written since
+   * the capture's instant), which are read, patched and hashed here. The others' data is still the
+   * file's range (readFresh reads the ones to store).
    */
-  private async chunksInPlace({ range, overrides }: PatchedRange): Promise<NewChunk[]> {
+  private async chunksInPlace(lent: PatchedRange): Promise<NewChunk[]> {
     const { chunkSize } = this.meta;
-    const digests = await this.store.hasher.hashFileChunks(range, chunkSize);
+    const digests = await this.store.hasher.hashFileChunks(lent.range, chunkSize);
     const chunks: NewChunk[] = hexHashes(digests).map((hash, i) => ({
       hash,
-      data: chunkRange(range, i, chunkSize),
+      data: chunkRange(lent.range, i, chunkSize),
     }));
-    for (const [i, data] of await patchChunks(range, overrides, chunkSize)) {
+    for (const [i, data] of await patchChunks(lent, chunkSize)) {
       chunks[i] = { hash: chunkHash(data), data };
     }
     return chunks;
+  }
+
+  /** Reads the chunks at `which` that are still a range of the lent file, as of the instant. */
+  private async readFresh(lent: PatchedRange, chunks: NewChunk[], which: number[]): Promise<void> {
+    const { chunkSize } = this.meta;
+    const inFile = which.filter((i) => isFileRange(chunks[i].data));
+    for (const [first, count] of runsOf(inFile)) {
+      const from = first * chunkSize;
+      const data = await readLent(
+        lent,
+        from,
+        Math.min(lent.range.length, (first + count) * chunkSize) - from,
+      );
+      for (let i = first; i < first + count; i++) {
+        chunks[i] = {
+          hash: chunks[i].hash,
+          data: data.subarray((i - first) * chunkSize, (i - first + 1) * chunkSize),
+        };
+      }
+    }
   }
 
   /**
@@ -1109,21 +1135,30 @@ function chunkRange(range: FileRange, i: number, chunkSize: number): FileRange {
   return subRange(range, i * chunkSize, Math.min(range.length, (i + 1) * chunkSize) - i * chunkSize);
 }
 
-/** The chunks of a lent range that overrides touch, as they read with the overrides applied. */
-async function patchChunks(
-  range: FileRange,
-  overrides: ReadonlyMap<number, Buffer>,
-  chunkSize: number,
-): Promise<Map<number, Buffer>> {
+/**
+ * Bytes [offset, offset + length) of a lent range as of the capture's instant: read, then the
+ * overrides laid over them. In that order: a write to a lent block lands only once the block's
+ * override is in place, so whatever the read saw of such a write, an override covers it.
+ */
+async function readLent({ range, overrides }: PatchedRange, offset: number, length: number): Promise<Buffer> {
+  const data = await readFileRange(subRange(range, offset, length));
+  for (const [at, old] of overrides) {
+    const from = Math.max(at, offset);
+    const to = Math.min(at + old.length, offset + length);
+    if (from < to) old.copy(data, from - offset, from - at, to - at);
+  }
+  return data;
+}
+
+/** The chunks of a lent range that overrides touch, as of the instant (see readLent). */
+async function patchChunks(lent: PatchedRange, chunkSize: number): Promise<Map<number, Buffer>> {
   const patched = new Map<number, Buffer>();
-  for (const [offset, data] of overrides) {
+  // The live map: overrides that writes add while this reads are visited too.
+  for (const offset of lent.overrides.keys()) {
     const i = Math.floor(offset / chunkSize);
-    let chunk = patched.get(i);
-    if (!chunk) {
-      chunk = await readFileRange(chunkRange(range, i, chunkSize));
-      patched.set(i, chunk);
+    if (!patched.has(i)) {
+      patched.set(i, await readLent(lent, i * chunkSize, chunkRange(lent.range, i, chunkSize).length));
     }
-    data.copy(chunk, offset - i * chunkSize);
   }
   return patched;
 }

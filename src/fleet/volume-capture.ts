@@ -55,6 +55,10 @@ export const DEFAULT_CAPTURE_MEMORY_BYTES = 16 * 1024 * 1024;
 const PENDING = 0;
 const PRESERVED = 1;
 const DONE = 2;
+/** Lent in place, not written since the instant: the first write keeps its old content in the lend's overrides. */
+const LENT = 3;
+/** Lent, and its old content is in the lend's overrides already. */
+const LENT_KEPT = 4;
 
 /** Spill files live in memory-backed captures of this process; the cleanup never touches those. */
 const openSpills = new Set<string>();
@@ -108,6 +112,16 @@ export interface VolumeCaptureInit {
   onClose?: () => void;
 }
 
+interface Lend {
+  first: number;
+  last: number;
+  overrides: Map<number, Buffer>;
+  /** Bytes writes added to overrides, counted against the capture's memory. */
+  keptBytes: number;
+  ended: Promise<void>;
+  end: () => void;
+}
+
 export class VolumeCapture {
   readonly captureId: string;
   readonly hostId: string;
@@ -140,6 +154,8 @@ export class VolumeCapture {
   private failure: string | undefined;
   /** Reads and preserving writes in progress: close waits for them before freeing what they use. */
   private readonly busy = new Set<Promise<unknown>>();
+  /** Ranges lent right now, each with the overrides its borrower reads (writes add to them). */
+  private readonly lends = new Set<Lend>();
 
   /** Before the instant: everything that costs time in proportion to the volume happens here. */
   constructor(init: VolumeCaptureInit) {
@@ -251,8 +267,10 @@ export class VolumeCapture {
   /**
    * Hands blocks [first, first + count) as of the instant to `use` without reading them: the
    * image's range, with the old content of blocks written since the instant as overrides. Writes
-   * to these blocks wait until `use` resolves, which is what keeps the range at the instant, so
-   * keep `use` to one batch. The blocks count as read once it resolves.
+   * to these blocks do not wait for `use`: the first one to each block adds the block's old content
+   * to `overrides` before it lands. So a byte read from the range is as of the instant unless its
+   * block has an override by the time the read is over: apply the overrides after reading, never
+   * before. The blocks count as read once `use` resolves.
    */
   async lendBlocks<T>(first: number, count: number, use: (lent: PatchedRange) => Promise<T>): Promise<T> {
     this.checkReadable();
@@ -273,30 +291,61 @@ export class VolumeCapture {
   ): Promise<T> {
     checkBlockRange(this, first, count);
     const last = first + count - 1;
+    let end!: () => void;
+    const ended = new Promise<void>((resolve) => (end = resolve));
+    const lend: Lend = { first, last, overrides: new Map(), keptBytes: 0, ended, end };
+    // Held only while the range is set up: a guest write to it then waits for no borrower.
     const release = await this.lock.acquire(first, last);
     try {
       this.checkNotHandedOut(first, last);
-      const overrides = new Map<number, Buffer>();
       for (let b = first; b <= last; b++) {
         if (this.state[b] !== PRESERVED) continue;
         const old = Buffer.allocUnsafe(rangeBytes(this, b, 1));
         await this.restore(b, old);
-        overrides.set((b - first) * this.blockSize, old);
+        lend.overrides.set((b - first) * this.blockSize, old);
       }
-      const range = { ...file, position: first * this.blockSize, length: rangeBytes(this, first, count) };
-      const result = await use({ range, overrides });
       this.checkReadable();
-      this.markDone(first, last);
-      return result;
+      for (let b = first; b <= last; b++) if (this.state[b] === PENDING) this.state[b] = LENT;
+      this.lends.add(lend);
     } finally {
       release();
+    }
+    let result: T;
+    try {
+      const range = { ...file, position: first * this.blockSize, length: rangeBytes(this, first, count) };
+      result = await use({ range, overrides: lend.overrides });
+      this.checkReadable();
+    } catch (err) {
+      await this.unlend(lend);
+      throw err;
+    }
+    this.markDone(first, last);
+    this.endLend(lend);
+    return result;
+  }
+
+  /** Writes waiting for the borrower go on once the blocks' state says what they need. */
+  private endLend(lend: Lend): void {
+    this.lends.delete(lend);
+    this.memoryUsed -= lend.keptBytes;
+    lend.end();
+  }
+
+  /** A borrower that failed read nothing: its blocks can be lent or read again, as of the instant. */
+  private async unlend(lend: Lend): Promise<void> {
+    for (let b = lend.first; b <= lend.last; b++) if (this.state[b] === LENT) this.state[b] = PENDING;
+    this.endLend(lend);
+    for (let b = lend.first; b <= lend.last; b++) {
+      if (this.state[b] === LENT_KEPT && this.tracking()) {
+        await this.hold(b, lend.overrides.get((b - lend.first) * this.blockSize)!);
+      }
     }
   }
 
   /** Checked under the lock: a concurrent read of the same blocks may just have released them. */
   private checkNotHandedOut(first: number, last: number): void {
     for (let b = first; b <= last; b++) {
-      if (this.state[b] === DONE) {
+      if (this.state[b] === DONE || this.state[b] === LENT || this.state[b] === LENT_KEPT) {
         throw invalidState(
           `capture ${this.captureId} of volume ${this.volumeId} on host ${this.hostId} already handed out block ${b} and no longer holds its content: open a new capture (a new instant) to read it again`,
         );
@@ -340,7 +389,7 @@ export class VolumeCapture {
       checkByteRange(this, 'write', offset, data.length);
       const b0 = Math.floor(offset / this.blockSize);
       const b1 = Math.floor((offset + data.length - 1) / this.blockSize);
-      if (this.anyPending(b0, b1)) {
+      if (this.anyUnkept(b0, b1)) {
         await this.track(this.preserveRange(b0, b1));
       }
     }
@@ -348,24 +397,25 @@ export class VolumeCapture {
   }
 
   /**
-   * Keeps the old content of the pending blocks in [b0, b1]. If that fails the capture is lost
-   * (reads say so) but the write goes on: the instance's disk must not fail for a snapshot's sake.
+   * Keeps the old content of the blocks in [b0, b1] not kept yet: in the capture, or in the overrides
+   * of the lend they are in. If that fails the capture is lost (reads say so) but the write goes on:
+   * the instance's disk must not fail for a snapshot's sake.
    */
   private async preserveRange(b0: number, b1: number): Promise<void> {
     const release = await this.lock.acquire(b0, b1);
     try {
       // A capture read may have taken some of them while we waited for the lock.
       for (let b = b0; b <= b1 && this.tracking();) {
-        if (this.state[b] !== PENDING) {
+        if (!this.unkept(b)) {
           b++;
           continue;
         }
         let end = b + 1;
-        while (end <= b1 && this.state[end] === PENDING) end++;
+        while (end <= b1 && this.unkept(end)) end++;
         const old = await this.inner.read(b * this.blockSize, rangeBytes(this, b, end - b));
         for (let i = b; i < end; i++) {
           const at = (i - b) * this.blockSize;
-          await this.keep(i, old.subarray(at, at + rangeBytes(this, i, 1)));
+          await this.keepOld(i, old.subarray(at, at + rangeBytes(this, i, 1)));
         }
         b = end;
       }
@@ -377,7 +427,36 @@ export class VolumeCapture {
     }
   }
 
+  /**
+   * Keeps a block's old content, read under the lock (so no write has changed it since), before a
+   * write lands on it: in the capture, or in the overrides of its lend, where a borrower that reads
+   * the block after that finds it. Over the memory budget, the write waits for the borrower instead.
+   */
+  private async keepOld(block: number, old: Buffer): Promise<void> {
+    if (this.state[block] === LENT) {
+      const lend = [...this.lends].find((l) => l.first <= block && block <= l.last)!;
+      if (this.memoryUsed + old.length > this.memoryLimit) {
+        await lend.ended; // then the block is read (or, if the borrower failed, pending again)
+      } else {
+        lend.overrides.set((block - lend.first) * this.blockSize, Buffer.from(old));
+        lend.keptBytes += old.length;
+        this.memoryUsed += old.length;
+        this.state[block] = LENT_KEPT;
+        this.blocksPreserved++;
+        return;
+      }
+    }
+    // Pending, or its lend ended while the old content was read: read blocks need nothing kept.
+    if (this.state[block] === PENDING) await this.keep(block, old);
+  }
+
   private async keep(block: number, old: Buffer): Promise<void> {
+    await this.hold(block, old);
+    this.blocksPreserved++;
+  }
+
+  /** Holds a block's old content (in memory or spilled) until it is read. */
+  private async hold(block: number, old: Buffer): Promise<void> {
     if (this.memoryUsed + old.length <= this.memoryLimit) {
       // A copy: `old` may be a view of a larger read that would otherwise stay alive.
       this.kept.set(block, Buffer.from(old));
@@ -389,7 +468,6 @@ export class VolumeCapture {
       this.blocksSpilled++;
     }
     this.state[block] = PRESERVED;
-    this.blocksPreserved++;
   }
 
   private async restore(block: number, into: Buffer): Promise<void> {
@@ -446,8 +524,13 @@ export class VolumeCapture {
     return this.started && !this.closed && this.failure === undefined;
   }
 
-  private anyPending(b0: number, b1: number): boolean {
-    for (let b = b0; b <= b1; b++) if (this.state[b] === PENDING) return true;
+  /** Pending or lent, and the old content not kept yet: a write to it must keep that first. */
+  private unkept(b: number): boolean {
+    return this.state[b] === PENDING || this.state[b] === LENT;
+  }
+
+  private anyUnkept(b0: number, b1: number): boolean {
+    for (let b = b0; b <= b1; b++) if (this.unkept(b)) return true;
     return false;
   }
 

@@ -1,5 +1,14 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import {
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+  existsSync,
+} from 'node:fs';
 import { open } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -190,7 +199,7 @@ describe('SnapshotStore', () => {
     }
   }
 
-  it('stores bytes lent in place (hashed from the page cache, copied by the kernel) exactly as read ones', async () => {
+  it('stores bytes lent in place (hashed from the page cache) exactly as read ones', async () => {
     const sizeBytes = 6 * MiB + 4096; // a short last chunk, batches hashed by workers and inline
     const image = patternBytes('lent', sizeBytes);
     const file = path.join(dir, 'lent.img');
@@ -249,6 +258,58 @@ describe('SnapshotStore', () => {
     const allocated = packs.reduce((n, f) => n + statSync(f).blocks * 512, 0);
     expect(size).toBeGreaterThan(info.bytesUploaded);
     expect(allocated).toBe(info.bytesUploaded);
+  });
+
+  it('stores a lent block as of the instant even when a write lands on it after it was hashed', async () => {
+    /** Runs `beforePackPut` once, right before the next pack is put: after the batch was hashed. */
+    class HookedObjects extends FileObjectStore {
+      beforePackPut?: () => void;
+      async put(key: string, data: Parameters<FileObjectStore['put']>[1]): Promise<void> {
+        const hook = key.endsWith('.pack') ? this.beforePackPut : undefined;
+        if (hook) {
+          this.beforePackPut = undefined;
+          hook();
+        }
+        return super.put(key, data);
+      }
+    }
+    const objects = new HookedObjects(root);
+    const hooked = new SnapshotStore(objects);
+    others.push(hooked);
+    const sizeBytes = 4 * MiB;
+    const image = patternBytes('late', sizeBytes);
+    await snapshot(meta('snap-late-a', { sizeBytes }), image, hooked); // so the next one is incremental
+    const atInstant = changeBlocks(image, [5, 9]);
+    const file = path.join(dir, 'late.img');
+    writeFileSync(file, atInstant);
+    const fh = await open(file, 'r+');
+    try {
+      const ref = await fileRefOf(fh);
+      const overrides = new Map<number, Buffer>();
+      objects.beforePackPut = () => {
+        // The guest writes new block 5 now: as a capture does, its old content becomes an override first.
+        overrides.set(5 * BLOCK, atInstant.subarray(5 * BLOCK, 6 * BLOCK));
+        writeSync(fh.fd, Buffer.alloc(BLOCK, 0xee), 0, BLOCK, 5 * BLOCK);
+      };
+      const writer = await hooked.openUpload(
+        meta('snap-late-b', { sizeBytes, createdAt: '2025-03-02T10:00:00.000Z' }),
+      );
+      await writer.uploadLent(
+        async (position, length, _scratch, use) => use({ range: { ...ref, position, length }, overrides }),
+        { batchBytes: sizeBytes, inFlight: 1 },
+      );
+      const info = await writer.commit();
+      expect(objects.beforePackPut).toBeUndefined(); // the write landed while the batch was lent
+      expect(
+        readFileSync(file)
+          .subarray(5 * BLOCK, 6 * BLOCK)
+          .equals(Buffer.alloc(BLOCK, 0xee)),
+      ).toBe(true);
+      expect(info.bytesUploaded).toBe(2 * BLOCK);
+      expect((await readWhole('acct-1', 'snap-late-b', hooked)).equals(atInstant)).toBe(true);
+    } finally {
+      await fh.close();
+    }
   });
 
   it('refuses to hash or store a lent range whose descriptor now names another file', async () => {

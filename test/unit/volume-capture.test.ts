@@ -384,30 +384,81 @@ describe('VolumeCapture under concurrent writes and reads', () => {
     }
   });
 
-  test('a write to a lent block waits until the borrower is done with it', async () => {
+  /** Lends blocks 2-3 of a 1 MiB volume and holds them until `done` is called. */
+  async function heldLend(capture: VolumeCapture) {
+    let done!: () => void;
+    const held = new Promise<void>((resolve) => (done = resolve));
+    let lent!: PatchedRange;
+    let borrowed!: () => void;
+    const borrowing = new Promise<void>((resolve) => (borrowed = resolve));
+    const lend = capture.lendBlocks(2, 2, async (range) => {
+      lent = range;
+      borrowed();
+      await held;
+      return materialize(range);
+    });
+    await borrowing;
+    return { lend, done, overrides: () => lent.overrides };
+  }
+
+  test("a write to a lent block lands at once, its old content in the lend's overrides first", async () => {
     const { volume, before, capture } = await captured(BLOCK, 1 * MiB, MiB);
     try {
-      let done!: () => void;
-      const held = new Promise<void>((resolve) => (done = resolve));
-      let lentBytes: Buffer | undefined;
-      const lend = capture.lendBlocks(2, 2, async (lent) => {
-        await held;
-        lentBytes = await materialize(lent);
-      });
-      await sleep(5);
+      const { lend, done, overrides } = await heldLend(capture);
+      // Both land while the borrower still holds the blocks: neither waits for it.
+      await capture.device.write(2 * BLOCK + 100, Buffer.alloc(10, 0xee));
+      await capture.device.write(2 * BLOCK + 200, Buffer.alloc(10, 0xdd));
+      expect((await volume.read(2 * BLOCK + 100, 10)).equals(Buffer.alloc(10, 0xee))).toBe(true);
+      // The first write kept the block as it was at the instant; the second kept nothing more.
+      expect([...overrides().keys()]).toEqual([0]);
+      expect(
+        overrides()
+          .get(0)!
+          .equals(before.subarray(2 * BLOCK, 3 * BLOCK)),
+      ).toBe(true);
+      done();
+      expect((await lend).equals(before.subarray(2 * BLOCK, 4 * BLOCK))).toBe(true);
+      expect(capture.stats()).toMatchObject({ blocksPreserved: 1, blocksHeld: 0, memoryBytes: 0 });
+      await capture.close();
+    } finally {
+      await volume.close();
+    }
+  });
+
+  test("over the capture's memory, a write to a lent block waits until the borrower is done", async () => {
+    const { volume, before, capture } = await captured(BLOCK, 1 * MiB, 0);
+    try {
+      const { lend, done, overrides } = await heldLend(capture);
       let written = false;
       const write = capture.device
         .write(2 * BLOCK + 100, Buffer.alloc(10, 0xee))
         .then(() => (written = true));
       await sleep(30);
       expect(written).toBe(false);
-      expect((await volume.read(2 * BLOCK, 2 * BLOCK)).equals(before.subarray(2 * BLOCK, 4 * BLOCK))).toBe(
-        true,
-      );
+      expect(overrides().size).toBe(0);
       done();
-      await Promise.all([lend, write]);
-      expect(lentBytes!.equals(before.subarray(2 * BLOCK, 4 * BLOCK))).toBe(true);
+      const [lentBytes] = await Promise.all([lend, write]);
+      expect(lentBytes.equals(before.subarray(2 * BLOCK, 4 * BLOCK))).toBe(true);
       expect((await volume.read(2 * BLOCK + 100, 10)).equals(Buffer.alloc(10, 0xee))).toBe(true);
+      await capture.close();
+    } finally {
+      await volume.close();
+    }
+  });
+
+  test('a borrower that fails leaves its blocks as of the instant for the next one', async () => {
+    const { volume, before, capture } = await captured(BLOCK, 1 * MiB, MiB);
+    try {
+      const failing = capture.lendBlocks(2, 2, async () => {
+        await capture.device.write(2 * BLOCK, Buffer.alloc(BLOCK, 0xee)); // kept in this lend's overrides
+        throw new Error('store failed');
+      });
+      await expect(failing).rejects.toThrow('store failed');
+      // Block 3 was never written: pending again, so this write keeps it in the capture.
+      await capture.device.write(3 * BLOCK, Buffer.alloc(BLOCK, 0xdd));
+      const again = await capture.lendBlocks(2, 2, async (lent) => materialize(lent));
+      expect(again.equals(before.subarray(2 * BLOCK, 4 * BLOCK))).toBe(true);
+      expect(capture.stats()).toMatchObject({ blocksRead: 2, blocksHeld: 0, memoryBytes: 0 });
       await capture.close();
     } finally {
       await volume.close();
