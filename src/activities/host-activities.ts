@@ -74,9 +74,10 @@ const MIN_CHUNK_BYTES = 4096;
  * A lent batch costs no memory (the image is hashed and stored from the page cache), so batches are
  * larger than when reading: half the per-batch object puts. A workload write to a block of a lent
  * batch does not wait for it (VolumeCapture.lendBlocks), so how many are in flight is a matter of
- * keeping the hashing workers fed.
+ * keeping the hashing workers fed: a 1 GiB snapshot took a median 748 ms end to end with four, 785
+ * with three (ten runs each, interleaved).
  */
-const LENT_UPLOAD = { batchBytes: 32 * 1024 * 1024, inFlight: 3 };
+const LENT_UPLOAD = { batchBytes: 32 * 1024 * 1024, inFlight: 4 };
 /** Restores read (and heartbeat) in batches of this much. */
 const RESTORE_BATCH_BYTES = 8 * 1024 * 1024;
 
