@@ -80,7 +80,7 @@ export function decodePackIndex(buf: Buffer, key: string): PackEntry[] {
     const at = HEADER_BYTES + i * ENTRY_BYTES;
     entries.push({
       hash: buf.toString('hex', at, at + HASH_BYTES),
-      offset: Number(buf.readBigUInt64LE(at + HASH_BYTES)),
+      offset: buf.readUInt32LE(at + HASH_BYTES) + buf.readUInt32LE(at + HASH_BYTES + 4) * 2 ** 32,
       length: buf.readUInt32LE(at + HASH_BYTES + 8),
     });
   }
