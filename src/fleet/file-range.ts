@@ -37,10 +37,6 @@ export async function fileRefOf(fh: FileHandle): Promise<FileRef> {
   return { fd: fh.fd, dev, ino };
 }
 
-export function isFileRange(part: unknown): part is FileRange {
-  return !Buffer.isBuffer(part) && typeof (part as FileRange)?.fd === 'number';
-}
-
 /** Throws unless `ref.fd` still names the file it named when the ref was taken. */
 export function assertSameFile(ref: FileRef): void {
   let same = false;

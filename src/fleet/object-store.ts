@@ -2,22 +2,9 @@ import { mkdir, open, readdir, readFile, rename, rm, rmdir, stat, type FileHandl
 import * as path from 'node:path';
 import { invalidInput } from '../contracts';
 import { isNoEnt, parseTempName, processAlive, tempPath } from './atomic-file';
-import {
-  assertSameFile,
-  fileRefOf,
-  isFileRange,
-  readFileRange,
-  type FileRange,
-  type FileRef,
-} from './file-range';
-import { kernelCopy, kernelCopyAvailable, preallocate, punchHole } from './kernel-copy';
+import { fileRefOf, type FileRef } from './file-range';
+import { preallocate, punchHole } from './kernel-copy';
 import { writeFully } from './volume';
-
-/**
- * A piece of an object being put: bytes in memory, or a range of an open local file that the store
- * reads itself (the file store copies it inside the kernel; a remote store would upload it).
- */
-export type ObjectPart = Buffer | FileRange;
 
 /**
  * The network storage service seen as a flat key → bytes map, small enough that an S3-compatible
@@ -25,8 +12,8 @@ export type ObjectPart = Buffer | FileRange;
  * Keys are '/'-separated segments of [a-z0-9-.] (e.g. `acct-1/packs/3f/3f9a….pack`).
  */
 export interface ObjectStore {
-  /** Atomic: readers see the old object or the new one in full, never part of it. */
-  put(key: string, data: Buffer | readonly ObjectPart[]): Promise<void>;
+  /** Atomic: readers see the old object or the new one in full, never part of it. Parts go back to back. */
+  put(key: string, data: Buffer | readonly Buffer[]): Promise<void>;
   get(key: string): Promise<Buffer | undefined>;
   /** Bytes [offset, offset + length) of the object, shorter if it ends first; undefined if absent. */
   getRange(key: string, offset: number, length: number): Promise<Buffer | undefined>;
@@ -104,7 +91,7 @@ export class FileObjectStore implements ObjectStore {
     return path.join(this.root, ...assertObjectKey(key).split('/'));
   }
 
-  async put(key: string, data: Buffer | readonly ObjectPart[]): Promise<void> {
+  async put(key: string, data: Buffer | readonly Buffer[]): Promise<void> {
     const { file, tmp, fh } = await this.createTemp(key);
     try {
       try {
@@ -270,46 +257,10 @@ export class FileObjectStore implements ObjectStore {
   }
 }
 
-async function writeAll(fh: FileHandle, file: string, parts: readonly ObjectPart[]): Promise<void> {
-  let position = 0;
-  for (let i = 0; i < parts.length;) {
-    const part = parts[i];
-    if (isFileRange(part)) {
-      await copyRange(part, fh, position);
-      position += part.length;
-      i++;
-      continue;
-    }
-    // A run of buffers goes in one writev; libuv loops over partial writes and IOV_MAX itself.
-    let end = i;
-    while (end < parts.length && !isFileRange(parts[end])) end++;
-    const run = parts.slice(i, end) as Buffer[];
-    const total = run.reduce((n, b) => n + b.length, 0);
-    const { bytesWritten } = await fh.writev(run, position);
-    // Check anyway: a short file is corruption.
-    if (bytesWritten !== total) throw new Error(`short write to ${file}: ${bytesWritten} of ${total} bytes`);
-    position += total;
-    i = end;
-  }
-}
-
-/**
- * Copies a file range into the object inside the kernel, as `cp` does: no trip through user memory.
- * On this project's VMs it is also steadier than writing from a buffer: 1 GiB took 0.5–0.6 s this
- * way whether or not the host had taken back the guest's free memory, and 0.4 s by 16 MiB write()
- * calls when it had not but 1.5–2.3 s when it had (large writes fill large page-cache folios).
- */
-async function copyRange(range: FileRange, fh: FileHandle, position: number): Promise<void> {
-  assertSameFile(range);
-  if (kernelCopyAvailable()) {
-    try {
-      await kernelCopy(range.fd, range.position, fh.fd, position, range.length);
-      return;
-    } catch {
-      // e.g. the files are on filesystems the kernel cannot copy between: copy through a buffer.
-    }
-  }
-  const data = await readFileRange(range);
-  const { bytesWritten } = await fh.write(data, 0, data.length, position);
-  if (bytesWritten !== data.length) throw new Error(`short write: ${bytesWritten} of ${data.length} bytes`);
+async function writeAll(fh: FileHandle, file: string, parts: readonly Buffer[]): Promise<void> {
+  // One writev: libuv loops over partial writes and IOV_MAX itself.
+  const total = parts.reduce((n, b) => n + b.length, 0);
+  const { bytesWritten } = await fh.writev(parts, 0);
+  // Check anyway: a short file is corruption.
+  if (bytesWritten !== total) throw new Error(`short write to ${file}: ${bytesWritten} of ${total} bytes`);
 }

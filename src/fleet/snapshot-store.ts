@@ -30,8 +30,8 @@ import {
   type PackEntry,
   type PackInfo,
 } from './chunk-pack';
-import { isFileRange, readFileRange, subRange, type FileRange, type PatchedRange } from './file-range';
-import type { ObjectPart, ObjectStore, StagedObject } from './object-store';
+import { readFileRange, subRange, type FileRange, type PatchedRange } from './file-range';
+import type { ObjectStore, StagedObject } from './object-store';
 import { SnapshotLocks } from './snapshot-locks';
 
 /**
@@ -106,10 +106,10 @@ export type LendAt = (
   use: (bytes: Buffer | PatchedRange) => Promise<void>,
 ) => Promise<void>;
 
-/** A chunk to store: its bytes in memory, or in place in a file. */
+/** A chunk to store. */
 interface NewChunk {
   hash: string;
-  data: ObjectPart;
+  data: Buffer;
 }
 
 const OWNERS = 'snapshot-owners.d';
@@ -810,13 +810,18 @@ export class SnapshotWriter {
 
   /** Hashes the chunks, then stores those the account does not have yet. */
   private async hashThenStore(bytes: Buffer | PatchedRange): Promise<Stored> {
-    const { account } = this.meta;
-    const chunks = Buffer.isBuffer(bytes) ? await this.chunksOf(bytes) : await this.chunksInPlace(bytes);
-    const hashes = chunks.map((c) => c.hash);
+    const { account, chunkSize } = this.meta;
+    const hashes = Buffer.isBuffer(bytes)
+      ? hexHashes(await this.store.hasher.hashChunks(bytes, chunkSize))
+      : await this.hashesInPlace(bytes);
     const { fresh: freshAt, storedElsewhere } = this.newChunks(hashes);
-    // Lent bytes are read only now that they are known to be new: a write may land on them any time.
-    if (!Buffer.isBuffer(bytes)) await this.readFresh(bytes, chunks, freshAt);
-    const fresh = freshAt.map((i) => chunks[i]);
+    const fresh = Buffer.isBuffer(bytes)
+      ? freshAt.map((i) => ({
+          hash: hashes[i],
+          data: bytes.subarray(i * chunkSize, Math.min(bytes.length, (i + 1) * chunkSize)),
+        }))
+      : // Lent bytes are read only now that they are known to be new: a write may land on them any time.
+        await this.readFresh(bytes, hashes, freshAt);
     await this.store.storePacks(account, fresh);
     await this.durableElsewhere(storedElsewhere);
     return { hashes, bytesUploaded: fresh.reduce((n, c) => n + c.data.length, 0) };
@@ -919,50 +924,31 @@ export class SnapshotWriter {
     }
   }
 
-  private async chunksOf(data: Buffer): Promise<NewChunk[]> {
-    const { chunkSize } = this.meta;
-    return hexHashes(await this.store.hasher.hashChunks(data, chunkSize)).map((hash, i) => ({
-      hash,
-      data: data.subarray(i * chunkSize, Math.min(data.length, (i + 1) * chunkSize)),
-    }));
-  }
-
   /**
-   * The chunks of lent bytes: hashed in place, except those with an override (blocks written since
-   * the capture's instant), which are read, patched and hashed here. The others' data is still the
-   * file's range (readFresh reads the ones to store).
+   * The hashes of lent bytes: hashed in place, except the chunks with an override (blocks written
+   * since the capture's instant), which are read, patched and hashed here.
    */
-  private async chunksInPlace(lent: PatchedRange): Promise<NewChunk[]> {
+  private async hashesInPlace(lent: PatchedRange): Promise<string[]> {
     const { chunkSize } = this.meta;
-    const digests = await this.store.hasher.hashFileChunks(lent.range, chunkSize);
-    const chunks: NewChunk[] = hexHashes(digests).map((hash, i) => ({
-      hash,
-      data: chunkRange(lent.range, i, chunkSize),
-    }));
-    for (const [i, data] of await patchChunks(lent, chunkSize)) {
-      chunks[i] = { hash: chunkHash(data), data };
-    }
-    return chunks;
+    const hashes = hexHashes(await this.store.hasher.hashFileChunks(lent.range, chunkSize));
+    for (const [i, data] of await patchChunks(lent, chunkSize)) hashes[i] = chunkHash(data);
+    return hashes;
   }
 
-  /** Reads the chunks at `which` that are still a range of the lent file, as of the instant. */
-  private async readFresh(lent: PatchedRange, chunks: NewChunk[], which: number[]): Promise<void> {
+  /** The chunks at `which` (in order) of lent bytes, read as of the instant, a run of them at a time. */
+  private async readFresh(lent: PatchedRange, hashes: string[], which: number[]): Promise<NewChunk[]> {
     const { chunkSize } = this.meta;
-    const inFile = which.filter((i) => isFileRange(chunks[i].data));
-    for (const [first, count] of runsOf(inFile)) {
+    const chunks: NewChunk[] = [];
+    for (const [first, count] of runsOf(which)) {
       const from = first * chunkSize;
-      const data = await readLent(
-        lent,
-        from,
-        Math.min(lent.range.length, (first + count) * chunkSize) - from,
-      );
+      const to = Math.min(lent.range.length, (first + count) * chunkSize);
+      const data = await readLent(lent, from, to - from);
       for (let i = first; i < first + count; i++) {
-        chunks[i] = {
-          hash: chunks[i].hash,
-          data: data.subarray((i - first) * chunkSize, (i - first + 1) * chunkSize),
-        };
+        const at = (i - first) * chunkSize;
+        chunks.push({ hash: hashes[i], data: data.subarray(at, Math.min(data.length, at + chunkSize)) });
       }
     }
+    return chunks;
   }
 
   /**
@@ -1174,27 +1160,12 @@ function runsOf(sorted: number[]): [number, number][] {
   return out;
 }
 
-/**
- * Joins parts that are adjacent (a run of new chunks from one batch: views of one buffer, or ranges
- * of one file) into one, without copying.
- */
-function coalesce(parts: ObjectPart[]): ObjectPart[] {
-  const out: ObjectPart[] = [];
+/** Joins adjacent views of one buffer (a run of new chunks from one batch) into one, without copying. */
+function coalesce(parts: Buffer[]): Buffer[] {
+  const out: Buffer[] = [];
   for (const p of parts) {
     const last = out[out.length - 1];
-    if (
-      isFileRange(p) &&
-      isFileRange(last) &&
-      last.fd === p.fd &&
-      last.position + last.length === p.position
-    ) {
-      out[out.length - 1] = subRange(last, 0, last.length + p.length);
-    } else if (
-      Buffer.isBuffer(p) &&
-      Buffer.isBuffer(last) &&
-      last.buffer === p.buffer &&
-      last.byteOffset + last.length === p.byteOffset
-    ) {
+    if (last && last.buffer === p.buffer && last.byteOffset + last.length === p.byteOffset) {
       out[out.length - 1] = Buffer.from(p.buffer, last.byteOffset, last.length + p.length);
     } else {
       out.push(p);
