@@ -816,10 +816,7 @@ export class SnapshotWriter {
       : await this.hashesInPlace(bytes);
     const { fresh: freshAt, storedElsewhere } = this.newChunks(hashes);
     const fresh = Buffer.isBuffer(bytes)
-      ? freshAt.map((i) => ({
-          hash: hashes[i],
-          data: bytes.subarray(i * chunkSize, Math.min(bytes.length, (i + 1) * chunkSize)),
-        }))
+      ? freshAt.map((i) => ({ hash: hashes[i], data: chunkOf(bytes, i, chunkSize) }))
       : // Lent bytes are read only now that they are known to be new: a write may land on them any time.
         await this.readFresh(bytes, hashes, freshAt);
     await this.store.storePacks(account, fresh);
@@ -863,11 +860,7 @@ export class SnapshotWriter {
           for (const { offset } of entries) {
             const i = offset / chunkSize;
             // New, but left out by the worker as a repeat of a chunk an override has since changed.
-            const data =
-              patched.get(i) ??
-              (inPack(i)
-                ? undefined
-                : await readLent(lent, i * chunkSize, chunkRange(range, i, chunkSize).length));
+            const data = patched.get(i) ?? (inPack(i) ? undefined : await readLentChunk(lent, i, chunkSize));
             if (data) await staged.write(data, offset);
           }
           for (const [first, count] of runsOf(dropped)) {
@@ -944,8 +937,7 @@ export class SnapshotWriter {
       const to = Math.min(lent.range.length, (first + count) * chunkSize);
       const data = await readLent(lent, from, to - from);
       for (let i = first; i < first + count; i++) {
-        const at = (i - first) * chunkSize;
-        chunks.push({ hash: hashes[i], data: data.subarray(at, Math.min(data.length, at + chunkSize)) });
+        chunks.push({ hash: hashes[i], data: chunkOf(data, i - first, chunkSize) });
       }
     }
     return chunks;
@@ -1117,6 +1109,11 @@ function hexHashes(digests: Buffer): string[] {
   );
 }
 
+/** Chunk i of a buffer of whole chunks (the last may be short). */
+function chunkOf(data: Buffer, i: number, chunkSize: number): Buffer {
+  return data.subarray(i * chunkSize, Math.min(data.length, (i + 1) * chunkSize));
+}
+
 function chunkRange(range: FileRange, i: number, chunkSize: number): FileRange {
   return subRange(range, i * chunkSize, Math.min(range.length, (i + 1) * chunkSize) - i * chunkSize);
 }
@@ -1136,6 +1133,11 @@ async function readLent({ range, overrides }: PatchedRange, offset: number, leng
   return data;
 }
 
+/** Chunk i of a lent range, as of the instant (see readLent). */
+function readLentChunk(lent: PatchedRange, i: number, chunkSize: number): Promise<Buffer> {
+  return readLent(lent, i * chunkSize, chunkRange(lent.range, i, chunkSize).length);
+}
+
 /** The chunks of a lent range that overrides touch, as of the instant (see readLent). */
 async function patchChunks(lent: PatchedRange, chunkSize: number): Promise<Map<number, Buffer>> {
   const patched = new Map<number, Buffer>();
@@ -1143,7 +1145,7 @@ async function patchChunks(lent: PatchedRange, chunkSize: number): Promise<Map<n
   for (const offset of lent.overrides.keys()) {
     const i = Math.floor(offset / chunkSize);
     if (!patched.has(i)) {
-      patched.set(i, await readLent(lent, i * chunkSize, chunkRange(lent.range, i, chunkSize).length));
+      patched.set(i, await readLentChunk(lent, i, chunkSize));
     }
   }
   return patched;
