@@ -106,7 +106,10 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
   const onError =
     options.onError ?? ((err, queue) => console.error(`rehome: worker for ${queue} stopped: ${err.message}`));
   const inventory = openInventory(dataDir);
-  const fleet = new FleetRuntime({ dataDir });
+  const fleet = new FleetRuntime({
+    dataDir,
+    placedElsewhere: (instanceId, hostId) => inventory.placedElsewhere(instanceId, hostId),
+  });
   // One per process: its hashing workers and chunk index serve every host and the control plane.
   const snapshots = new SnapshotStore(new FileObjectStore(objectStoreRoot(dataDir)));
   const served = new Map<string, Served>();

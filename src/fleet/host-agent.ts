@@ -52,6 +52,8 @@ export interface InstanceRecord {
   switch?: SwitchResult;
   /** Set when the instance was started here from snapshots, so a retried start gets the same answer. */
   restored?: { restoreId: string; resumedAtSeq: number };
+  /** Set when a restarting agent found the instance placed on another host and stopped this copy. */
+  fenced?: { placedOn: string; atMs: number };
 }
 
 /** Where a restore reads a volume from: verified batches of consecutive chunks. */
@@ -85,6 +87,13 @@ export interface HostAgentOptions {
    * and the sync fails naming the blocks at risk (default SOURCE_LOST_AFTER_MS).
    */
   sourceLostAfterMs?: number;
+  /**
+   * The host the fleet places an instance on when that is not `hostId` and nothing is moving it to
+   * `hostId`; undefined otherwise (or when the fleet does not know). A restarting agent does not
+   * resume an instance placed elsewhere: it was restored or moved while this host was away, and a
+   * second running copy would write over the instance's history.
+   */
+  placedElsewhere?: (instanceId: string, hostId: string) => string | undefined;
 }
 
 /** A source that cannot be read for this long is not coming back soon: its data is at risk. */
@@ -230,13 +239,32 @@ export class HostAgent {
       }
     }
     for (const record of this.records.values()) {
-      if (record.state !== 'running') continue;
+      if (record.state !== 'running' || this.fenced(record)) continue;
       try {
         await this.startWorkload(record);
       } catch (err) {
         this.onWorkloadError(record.instanceId, err);
       }
     }
+  }
+
+  /**
+   * Stops this copy for good when the fleet now places the instance elsewhere. The record and images
+   * stay for the operator to inspect; fleet check lists them as an orphan record until removed.
+   */
+  private fenced(record: InstanceRecord): boolean {
+    const placedOn = this.options.placedElsewhere?.(record.instanceId, this.hostId);
+    if (placedOn === undefined) return false;
+    this.update(record.instanceId, (r) => ({
+      ...r,
+      state: 'stopped',
+      fenced: { placedOn, atMs: Date.now() },
+    }));
+    console.warn(
+      `rehome: host ${this.hostId} does not resume instance ${record.instanceId}: the inventory places it on ${placedOn} ` +
+        `(restored or moved while ${this.hostId} was away); this copy is kept, stopped, in ${this.recordPath(record.instanceId)} for inspection`,
+    );
+    return true;
   }
 
   /** Stops every workload (records stay 'running' so a restart resumes them) and closes every device. */

@@ -167,6 +167,17 @@ export class Inventory {
       .sort(byId((v) => v.volumeId));
   }
 
+  /**
+   * The host an instance is placed on, when that is not `hostId` and no reservation (a migration or
+   * restore in flight) is moving it to `hostId`; undefined otherwise, and for an unknown instance.
+   */
+  placedElsewhere(instanceId: string, hostId: string): string | undefined {
+    const placed = this.getInstance(instanceId)?.hostId;
+    if (placed === undefined || placed === hostId) return undefined;
+    const movingHere = this.listReservations({ hostId }).some((r) => r.instanceId === instanceId);
+    return movingHere ? undefined : placed;
+  }
+
   listReservations(filter: { hostId?: string } = {}): ReservationRecord[] {
     const rows = this.stmt('SELECT * FROM reservations').all() as ReservationRow[];
     return rows

@@ -1,5 +1,5 @@
 import { ApplicationFailure } from '@temporalio/common';
-import type { ActivityInterceptorsFactory } from '@temporalio/worker';
+import { NativeConnection, type ActivityInterceptorsFactory } from '@temporalio/worker';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
@@ -17,7 +17,10 @@ import {
   type VolumeRecord,
   type VolumeSnapshot,
 } from '../../src/contracts';
+import { checkFleet } from '../../src/fleet/fleet-check';
 import { overlayLoggedWrites, readWorkloadLog } from '../../src/fleet/workload-log';
+import { runningWorkflows } from '../../src/temporal/running-workflows';
+import { startWorkers } from '../../src/worker';
 import { startCluster, type TestCluster } from '../helpers/cluster';
 import { expectApplicationFailure } from '../helpers/failures';
 import {
@@ -36,7 +39,7 @@ import {
 describe('pre-migration snapshots and restores (integration)', () => {
   const volumeSize = 16 * MiB;
   /** One account per instance, so each test's chunks (and a corrupted one) are its own. */
-  const accounts = ['acct-pit', 'acct-deny', 'acct-rot', 'acct-incr', 'acct-lost'];
+  const accounts = ['acct-pit', 'acct-deny', 'acct-rot', 'acct-incr', 'acct-lost', 'acct-fence'];
   let cluster: TestCluster;
   let layout: FleetLayout;
   let n = 0;
@@ -81,8 +84,9 @@ describe('pre-migration snapshots and restores (integration)', () => {
         },
       ],
     });
-    // Only tests 1 and 4 need their instance writing: the others keep still (and the CPU free).
-    for (const account of ['acct-deny', 'acct-rot', 'acct-incr']) {
+    // Only tests 1 and 4 need their instance writing: the others keep still (and the CPU free). A
+    // paused workload's record still says running: a restarted agent would resume it.
+    for (const account of ['acct-deny', 'acct-rot', 'acct-incr', 'acct-fence']) {
       const { instance } = byAccount(account);
       await cluster.workers.fleet.localAgent(instance.hostId)!.workload(instance.instanceId)!.pause();
     }
@@ -341,5 +345,77 @@ describe('pre-migration snapshots and restores (integration)', () => {
     },
     // The source counts as lost after 10 s, and the restore waits 20 s for it to drop its copy.
     90_000,
+  );
+
+  it(
+    'a host that comes back does not run an instance restored elsewhere while it was away',
+    async () => {
+      const { instance, volume } = byAccount('acct-fence');
+      const away = instance.hostId;
+      // Test 4 stopped its source for good: this test needs two other hosts that still answer.
+      const lost = byAccount('acct-lost').instance.hostId;
+      expect(away).not.toBe(lost);
+      const [third] = otherHosts(away, lost);
+      const snap = await snapshot(instance.instanceId);
+      await cluster.workers.stopHost(away);
+      // Stopped with the host, its record still says running: what a restart resumes.
+      const record = path.join(cluster.dataDir, 'hosts', away, 'instances', `${instance.instanceId}.json`);
+      expect(JSON.parse(fs.readFileSync(record, 'utf8'))).toMatchObject({ state: 'running' });
+
+      const restored = await restore({
+        account: instance.account,
+        snapshotIds: [snap.snapshotId],
+        targetHostId: third,
+      });
+      expect(restored).toMatchObject({ hostId: third, fromHostId: away, previousReleased: false });
+      const restoredAtMs = Date.now();
+
+      // The host comes back: a worker serving it starts again, with the same data and inventory.
+      const connection = await NativeConnection.connect({ address: cluster.server.address });
+      const warn = jest.spyOn(console, 'warn').mockImplementation(() => undefined);
+      const back = await startWorkers({
+        connection,
+        namespace: cluster.server.namespace,
+        dataDir: cluster.dataDir,
+        hosts: [away],
+        control: false,
+      });
+      try {
+        const agent = back.fleet.localAgent(away)!;
+        expect(agent.workload(instance.instanceId)).toBeUndefined();
+        expect(agent.instance(instance.instanceId)).toMatchObject({
+          state: 'stopped',
+          fenced: { placedOn: third },
+        });
+        expect(warn.mock.calls.map((c) => String(c[0]))).toContainEqual(
+          expect.stringContaining(`host ${away} does not resume instance ${instance.instanceId}`),
+        );
+        // Only the restored copy writes; the fenced one keeps its image for inspection.
+        await waitFor(`${instance.instanceId} to write on ${third}`, () =>
+          readWorkloadLog(cluster.dataDir, instance.instanceId).some(
+            (e) => e.host === third && e.t > restoredAtMs,
+          ),
+        );
+        const log = readWorkloadLog(cluster.dataDir, instance.instanceId);
+        expect(log.filter((e) => e.host === away && e.t > restoredAtMs)).toEqual([]);
+        expect(fs.existsSync(imagePath(cluster.dataDir, away, volume.volumeId))).toBe(true);
+        expect(cluster.workers.inventory.getInstance(instance.instanceId)!.hostId).toBe(third);
+        // Fleet check shows the operator the copy left behind, and no second copy running.
+        const violations = await checkFleet({
+          dataDir: cluster.dataDir,
+          inventory: cluster.workers.inventory,
+          activeWorkflowIds: (ids) => runningWorkflows(cluster.client, ids),
+        });
+        const about = violations.filter((v) => v.message.includes(`instance ${instance.instanceId} `));
+        expect(about.map((v) => v.kind)).toContain('orphan-instance-record');
+        expect(about.map((v) => v.kind)).not.toContain('instance-placement');
+      } finally {
+        warn.mockRestore();
+        await back.shutdown();
+        await connection.close();
+      }
+    },
+    // The restore waits 20 s for the stopped host to drop its copy.
+    60_000,
   );
 });

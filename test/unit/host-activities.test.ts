@@ -343,6 +343,46 @@ describe('host activities', () => {
     expect(store('h-1').listVolumes()).toEqual(['i-1-v0', 'i-1-v1']);
   });
 
+  test('a restarting agent resumes its instances but not one the fleet now places on another host', async () => {
+    await (await acts('h-1')).launchInstances([launchOf('i-1'), launchOf('i-2')]);
+    await sleep(50);
+    await runtime.close();
+    const written = { 'i-1': seqs('i-1').length, 'i-2': seqs('i-2').length };
+    expect(written['i-1']).toBeGreaterThan(0);
+    expect(record('h-1', 'i-1')?.state).toBe('running');
+
+    // i-1 was restored on h-3 while h-1 was away; i-2 is still placed here.
+    const placedOn: Record<string, string> = { 'i-1': 'h-3', 'i-2': 'h-1' };
+    const warn = jest.spyOn(console, 'warn').mockImplementation(() => undefined);
+    try {
+      runtime = new FleetRuntime({
+        dataDir,
+        workloadTickMs: 5,
+        placedElsewhere: (instanceId, hostId) =>
+          placedOn[instanceId] === hostId ? undefined : placedOn[instanceId],
+      });
+      const h1 = await runtime.host('h-1');
+      expect(h1.workload('i-1')).toBeUndefined();
+      expect(h1.workload('i-2')).toBeDefined();
+      expect(warn).toHaveBeenCalledTimes(1);
+      expect(warn.mock.calls[0][0]).toMatch(
+        /host h-1 does not resume instance i-1: the inventory places it on h-3/,
+      );
+    } finally {
+      warn.mockRestore();
+    }
+    await sleep(50);
+    expect(seqs('i-1')).toHaveLength(written['i-1']);
+    expect(seqs('i-2').length).toBeGreaterThan(written['i-2']);
+    expect(record('h-1', 'i-1')).toMatchObject({ state: 'stopped', fenced: { placedOn: 'h-3' } });
+    expect(record('h-1', 'i-2')?.state).toBe('running');
+    // The fenced copy stays for inspection, and stays stopped on the next restart too.
+    expect(store('h-1').listVolumes()).toEqual(['i-1-v0', 'i-1-v1', 'i-2-v0', 'i-2-v1']);
+    await runtime.close();
+    runtime = new FleetRuntime({ dataDir, workloadTickMs: 5 });
+    expect((await runtime.host('h-1')).workload('i-1')).toBeUndefined();
+  });
+
   test('resumeInstance runs a paused source again, and refuses once the target switched', async () => {
     const a1 = await acts('h-1');
     await a1.launchInstances([launchOf('i-1')]);

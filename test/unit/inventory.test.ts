@@ -366,6 +366,23 @@ describe('inventory', () => {
     });
   });
 
+  describe('placedElsewhere', () => {
+    beforeEach(() => {
+      inventory.createFleet('init-1', smallFleet);
+    });
+
+    test('names the host an instance is placed on, unless it is this one or a reservation moves it here', () => {
+      const placed = inventory.getInstance('i-1')!.hostId;
+      const other = inventory.listHosts().find((h) => h.hostId !== placed)!.hostId;
+      expect(inventory.placedElsewhere('i-1', placed)).toBeUndefined();
+      expect(inventory.placedElsewhere('i-1', other)).toBe(placed);
+      expect(inventory.placedElsewhere('i-404', other)).toBeUndefined();
+      const shape = { vcpu: 2, memoryMiB: 4096, diskBytes: 64 * MiB };
+      inventory.reserve({ key: 'restore-1', hostId: other, instanceId: 'i-1', resources: shape });
+      expect(inventory.placedElsewhere('i-1', other)).toBeUndefined();
+    });
+  });
+
   describe('commitMigration', () => {
     const shape = { vcpu: 2, memoryMiB: 4096, diskBytes: 64 * MiB };
     const commit = { key: 'wf-1', instanceId: 'i-1', sourceHostId: 'h-1', targetHostId: 'h-2' };
