@@ -239,7 +239,7 @@ export class HostAgent {
       }
     }
     for (const record of this.records.values()) {
-      if (record.state !== 'running' || this.fenced(record)) continue;
+      if (record.state !== 'running' || this.fenceIfPlacedElsewhere(record)) continue;
       try {
         await this.startWorkload(record);
       } catch (err) {
@@ -249,10 +249,11 @@ export class HostAgent {
   }
 
   /**
-   * Stops this copy for good when the fleet now places the instance elsewhere. The record and images
-   * stay for the operator to inspect; fleet check lists them as an orphan record until removed.
+   * Stops this copy for good when the fleet now places the instance elsewhere, and says whether it
+   * did. The record and images stay for the operator to inspect; fleet check lists them as orphans
+   * until removed.
    */
-  private fenced(record: InstanceRecord): boolean {
+  private fenceIfPlacedElsewhere(record: InstanceRecord): boolean {
     const placedOn = this.options.placedElsewhere?.(record.instanceId, this.hostId);
     if (placedOn === undefined) return false;
     this.update(record.instanceId, (r) => ({
