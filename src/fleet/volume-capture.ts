@@ -434,7 +434,7 @@ export class VolumeCapture {
    */
   private async keepOld(block: number, old: Buffer): Promise<void> {
     if (this.state[block] === LENT) {
-      const lend = [...this.lends].find((l) => l.first <= block && block <= l.last)!;
+      const lend = this.lendOf(block);
       if (this.memoryUsed + old.length > this.memoryLimit) {
         await lend.ended; // then the block is read (or, if the borrower failed, pending again)
       } else {
@@ -522,6 +522,12 @@ export class VolumeCapture {
 
   private tracking(): boolean {
     return this.started && !this.closed && this.failure === undefined;
+  }
+
+  /** The lend a LENT or LENT_KEPT block is in. */
+  private lendOf(block: number): Lend {
+    for (const lend of this.lends) if (lend.first <= block && block <= lend.last) return lend;
+    throw new Error(`capture ${this.captureId}: block ${block} is marked lent but no lend holds it`);
   }
 
   /** Pending or lent, and the old content not kept yet: a write to it must keep that first. */
