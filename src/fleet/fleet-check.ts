@@ -78,12 +78,6 @@ export function oversubscriptionRatio(host: HostRecord): number {
 const SPILL_NAME = /^([a-z0-9-]+)\.([a-z0-9-]+)\.(\d+)\.spill$/;
 const VOLUME_FILE = /^(.+)\.(img|json|map)$/;
 
-const CONSISTENCY_KINDS: [RegExp, FleetViolationKind][] = [
-  [/^instance \S+ is on host \S+, which does not exist/, 'instance-placement'],
-];
-/** Capacity is checked here with the host's oversubscription ratio, so the inventory's ratio-1 check is left out. */
-const INVENTORY_CAPACITY = /^host \S+ is over capacity/;
-
 /** Every broken invariant of the fleet in `dataDir`; empty when all hold. */
 export async function checkFleet(opts: CheckFleetOptions): Promise<FleetViolation[]> {
   const check = new FleetCheck(opts);
@@ -156,10 +150,10 @@ class FleetCheck {
   // ---- inventory -------------------------------------------------------------------------------
 
   private checkInventory(): void {
-    for (const problem of this.inventory.checkConsistency()) {
-      if (INVENTORY_CAPACITY.test(problem)) continue;
-      const kind = CONSISTENCY_KINDS.find(([re]) => re.test(problem))?.[1] ?? 'inventory';
-      this.add(kind, problem.split(' ')[1] ?? '', problem);
+    for (const { kind, subject, message } of this.inventory.problems()) {
+      // Capacity is checked here with the host's oversubscription ratio, not the inventory's ratio of 1.
+      if (kind === 'over-capacity') continue;
+      this.add(kind === 'instance-on-unknown-host' ? 'instance-placement' : 'inventory', subject, message);
     }
   }
 

@@ -68,6 +68,25 @@ export interface InventorySnapshot {
   fleetInits: FleetInitRow[];
 }
 
+export type InventoryProblemKind =
+  | 'instance-on-unknown-host'
+  | 'volume-of-unknown-instance'
+  /** A volume is not on its instance's host. */
+  | 'volume-placement'
+  /** An instance's disk share is smaller than its volumes. */
+  | 'disk-accounting'
+  | 'reservation-on-unknown-host'
+  | 'reservation-for-unknown-instance'
+  /** A host's instances and reservations exceed its capacity (at no oversubscription). */
+  | 'over-capacity';
+
+/** One broken invariant: `subject` is the instance, volume, reservation key or host it is about. */
+export interface InventoryProblem {
+  kind: InventoryProblemKind;
+  subject: string;
+  message: string;
+}
+
 export function openInventory(dataDir: string): Inventory {
   return new Inventory(dataDir);
 }
@@ -214,23 +233,41 @@ export class Inventory {
 
   /** Broken invariants, one sentence each; empty when the inventory is consistent. */
   checkConsistency(): string[] {
+    return this.problems().map((p) => p.message);
+  }
+
+  /** As checkConsistency, each with what it is about, for callers that sort them (fleet check). */
+  problems(): InventoryProblem[] {
     return this.db.transaction(() => {
-      const problems: string[] = [];
+      const problems: InventoryProblem[] = [];
+      const add = (kind: InventoryProblemKind, subject: string, message: string) =>
+        problems.push({ kind, subject, message });
       const hosts = new Map(this.listHosts().map((h) => [h.hostId, h]));
       const instances = new Map(this.listInstances().map((i) => [i.instanceId, i]));
       const volumeBytes = new Map<string, number>();
       for (const i of instances.values()) {
-        if (!hosts.has(i.hostId))
-          problems.push(`instance ${i.instanceId} is on host ${i.hostId}, which does not exist`);
+        if (!hosts.has(i.hostId)) {
+          add(
+            'instance-on-unknown-host',
+            i.instanceId,
+            `instance ${i.instanceId} is on host ${i.hostId}, which does not exist`,
+          );
+        }
       }
       for (const v of this.listVolumes()) {
         const owner = instances.get(v.instanceId);
         if (!owner) {
-          problems.push(`volume ${v.volumeId} belongs to instance ${v.instanceId}, which does not exist`);
+          add(
+            'volume-of-unknown-instance',
+            v.volumeId,
+            `volume ${v.volumeId} belongs to instance ${v.instanceId}, which does not exist`,
+          );
           continue;
         }
         if (owner.hostId !== v.hostId) {
-          problems.push(
+          add(
+            'volume-placement',
+            v.volumeId,
             `volume ${v.volumeId} is on ${v.hostId} but its instance ${v.instanceId} is on ${owner.hostId}`,
           );
         }
@@ -239,22 +276,35 @@ export class Inventory {
       for (const [instanceId, bytes] of volumeBytes) {
         const shape = instances.get(instanceId)!.shape;
         if (shape.diskBytes < bytes) {
-          problems.push(
+          add(
+            'disk-accounting',
+            instanceId,
             `instance ${instanceId} counts ${formatExactBytes(shape.diskBytes)} of disk but its volumes hold ${formatExactBytes(bytes)}`,
           );
         }
       }
       for (const r of this.listReservations()) {
-        if (!hosts.has(r.hostId))
-          problems.push(`reservation ${r.key} is on host ${r.hostId}, which does not exist`);
+        if (!hosts.has(r.hostId)) {
+          add(
+            'reservation-on-unknown-host',
+            r.key,
+            `reservation ${r.key} is on host ${r.hostId}, which does not exist`,
+          );
+        }
         if (!instances.has(r.instanceId)) {
-          problems.push(`reservation ${r.key} is for instance ${r.instanceId}, which does not exist`);
+          add(
+            'reservation-for-unknown-instance',
+            r.key,
+            `reservation ${r.key} is for instance ${r.instanceId}, which does not exist`,
+          );
         }
       }
       for (const h of hosts.values()) {
         const used = this.usedOn(h.hostId);
         for (const s of shortfalls(h.capacity, used, ZERO_RESOURCES)) {
-          problems.push(
+          add(
+            'over-capacity',
+            h.hostId,
             `host ${h.hostId} is over capacity: ${formatAmount(s.dimension, used[s.dimension])} used of ` +
               `${formatAmount(s.dimension, h.capacity[s.dimension])}`,
           );

@@ -221,6 +221,22 @@ describe('checkFleet', () => {
     expect(kinds(violations)).toContain('orphan-instance-record');
   });
 
+  test("the inventory's own broken invariants are reported about their subject, capacity left to the ratio check", async () => {
+    const { instance, volume } = first();
+    sql('UPDATE volumes SET host_id = ? WHERE id = ?', otherHost(instance.hostId), volume.volumeId);
+    sql('UPDATE hosts SET vcpu = 1 WHERE id = ?', instance.hostId);
+    const violations = await check([]);
+    expect(violations).toContainEqual({
+      kind: 'inventory',
+      subject: volume.volumeId,
+      message: `volume ${volume.volumeId} is on ${otherHost(instance.hostId)} but its instance ${instance.instanceId} is on ${instance.hostId}`,
+    });
+    // Once, from the check that knows the host's oversubscription ratio, not the inventory's.
+    expect(violations.filter((v) => v.subject === instance.hostId && /capacity/.test(v.message))).toEqual([
+      expect.objectContaining({ kind: 'over-capacity' }),
+    ]);
+  });
+
   test('an instance running on two hosts is reported', async () => {
     const { instance } = first();
     const other = otherHost(instance.hostId);

@@ -543,7 +543,7 @@ describe('inventory', () => {
       expect(inventory.snapshot()).toEqual(before);
     });
 
-    test('checkConsistency reports broken invariants', () => {
+    test('checkConsistency and problems() report broken invariants', () => {
       inventory.reserve({
         key: 'ghost',
         hostId: 'h-1',
@@ -563,6 +563,13 @@ describe('inventory', () => {
         'instance i-4 counts 0 bytes of disk but its volumes hold 64 MiB',
         'reservation ghost is for instance i-77, which does not exist',
         'host h-2 is over capacity: 2 vCPU used of 1 vCPU',
+      ]);
+      // The same problems, each with what it is about, for callers that sort them.
+      expect(inventory.problems().map(({ kind, subject }) => `${kind} ${subject}`)).toEqual([
+        'volume-placement i-1-v0',
+        'disk-accounting i-4',
+        'reservation-for-unknown-instance ghost',
+        'over-capacity h-2',
       ]);
     });
   });
