@@ -45,9 +45,9 @@ const MAX_RETAKES = 2 * RUNS;
  * Where this kind of VM counts the freed memory it has handed back to its host (free page
  * reporting). A pass takes the pages a copy was just freed into and the next writer meets memory
  * the host must supply again, several times slower to touch: whichever of the two copies a pass
- * fell on (or just before) took up to 2.5 times as long, `cp` as much as the snapshot. A pass came
- * about every other run, so medians moved with them rather than with the code; a run during which
- * one ran is taken again, on both sides alike. Absent elsewhere: no run is then retaken.
+ * fell on (or just before) took up to twice as long (a snapshot) or nearly three times (`cp`). A
+ * pass came about every other run, so medians moved with them rather than with the code; a run
+ * during which one ran is taken again, on both sides alike. Absent elsewhere: no run is retaken.
  */
 const REPORTED_KIB = '/sys/module/page_reporting/parameters/reported_kib';
 /** Slow enough that the writes landing during one snapshot stay well under 1% of the blocks. */
