@@ -33,6 +33,8 @@ export interface StartWorkersOptions {
   onError?: (err: Error, taskQueue: string) => void;
   /** Activity interceptors for a host's worker (tests use them to inject failures with real parts). */
   hostActivityInterceptors?: (hostId: string) => ActivityInterceptorsFactory[];
+  /** Period of the simulated guests' write loops (default 5 ms: see Workload). */
+  workloadTickMs?: number;
 }
 
 export interface RunningWorkers {
@@ -109,6 +111,7 @@ export async function startWorkers(options: StartWorkersOptions): Promise<Runnin
   const fleet = new FleetRuntime({
     dataDir,
     placedElsewhere: (instanceId, hostId) => inventory.placedElsewhere(instanceId, hostId),
+    workloadTickMs: options.workloadTickMs,
   });
   // One per process: its hashing workers and chunk index serve every host and the control plane.
   const snapshots = new SnapshotStore(new FileObjectStore(objectStoreRoot(dataDir)));

@@ -34,7 +34,7 @@ async function startServerOnFreePorts(dataDir: string): Promise<DevServer> {
 }
 
 export async function startCluster(
-  opts: { dataDir?: string } & Pick<StartWorkersOptions, 'hostActivityInterceptors'> = {},
+  opts: { dataDir?: string } & Pick<StartWorkersOptions, 'hostActivityInterceptors' | 'workloadTickMs'> = {},
 ): Promise<TestCluster> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'rehome-it-'));
   const server = await startServerOnFreePorts(dataDir);
@@ -46,6 +46,7 @@ export async function startCluster(
     namespace: server.namespace,
     dataDir,
     hostActivityInterceptors: opts.hostActivityInterceptors,
+    workloadTickMs: opts.workloadTickMs,
   });
   return {
     dataDir,
