@@ -9,7 +9,8 @@
  * (no goal) is the snapshotVolume activity alone (open, capture, upload, commit), without the
  * workflow's planning and retention steps; writeGapMs1GiB (no goal) is the longest time between two
  * of the running workload's writes during a full snapshot; reclaimedRuns (no goal) is in how many of
- * the measured runs the VM handed freed memory back to its host (see REPORTED_KIB).
+ * the measured runs the VM handed freed memory back to its host during a timed step, and
+ * unsettledSteps (no goal) how many timed steps began before it settled (see REPORTED_KIB).
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -28,24 +29,31 @@ import { startCluster, type TestCluster } from '../test/helpers/cluster';
 import { activityIntervals } from '../test/helpers/history-timing';
 
 /**
- * Medians of nine runs, where the measured `cp` and the snapshot start alike: right after another
- * copy of the image was removed. This VM hands memory back to its host a couple of seconds after it
- * is freed, and touching it again costs more than the copy; how long ago the last gigabyte was
- * freed decided which step paid for it. With `cp` right after a snapshot's deletion and the snapshot
- * right after `cp`, the snapshot took up to twice as long as in the other order, and so did `cp`.
- * The same `cp` also takes 0.35 s in one minute and 0.5 s in the next, and the CPU one snapshot
- * costs varies by half from one run to the next: medians of five moved by a tenth between
- * invocations.
+ * Medians of nine runs. The CPU one snapshot costs varies by half from one run to the next, and the
+ * same `cp` takes 0.3 s in one minute and 0.45 s in the next: medians of five moved by a tenth
+ * between invocations.
  */
 const RUNS = 9;
 /**
- * Where this kind of VM counts the freed memory it has handed back to its host (free page
- * reporting), about 250 MiB a pass. Each run says whether a pass fell on it, from before the untimed
- * `cp` to the end of the snapshot: the snapshots such runs hold took about twice as long (700-1300
- * ms against 360-450), and so did some a pass fell just before, while `cp` kept its time. Not
- * counted on other machines.
+ * Where this kind of VM counts the freed memory it hands back to its host (free page reporting). A
+ * pass comes about 2 s after memory is freed and hands back what is free then, pages freed a moment
+ * ago included, and a step that then allocates them waits for the host to back them again: a
+ * gigabyte's copy took 0.9-1.9 s instead of 0.3-0.45, `cp` and snapshot alike. Which step the
+ * passes fell on was not chance: the one set off by deleting the last snapshot came about when the
+ * next one ran, and fell on 6 of 8 snapshots and no `cp` in one run (0.4-0.54 after a test run).
+ * So every timed step starts alike, see fromFreshlyFreed. Other machines do not wait.
  */
 const REPORTED_KIB = '/sys/module/page_reporting/parameters/reported_kib';
+/** Longer than the 2 s between passes: a quiet spell this long means none is due. */
+const SETTLE_MS = 2500;
+/** A VM reclaiming without pause holds a step up no longer than this. */
+const SETTLE_LIMIT_MS = 15_000;
+/**
+ * Copies of the image removed right before each timed step. With one, the snapshot met memory the
+ * host had taken back and `cp` less so (medians 740 and 420 ms, against 555 and 390 with two,
+ * interleaved): a snapshot needs a little more memory than its gigabyte of packs.
+ */
+const SPARE_COPIES = 2;
 /** Slow enough that the writes landing during one snapshot stay well under 1% of the blocks. */
 const WORKLOAD = { writeBytesPerSec: 256 * 1024, writeSize: 4096 };
 const CHANGED_FRACTION = 0.01;
@@ -55,6 +63,37 @@ const round = (x: number, digits = 2) => Math.round(x * 10 ** digits) / 10 ** di
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const reportedKiB = (): number | undefined =>
   fs.existsSync(REPORTED_KIB) ? Number(fs.readFileSync(REPORTED_KIB, 'utf8')) : undefined;
+
+/** Waits until the VM has handed no memory back for SETTLE_MS (see REPORTED_KIB); false if it never did. */
+async function settle(): Promise<boolean> {
+  let last = reportedKiB();
+  if (last === undefined) return true;
+  const start = performance.now();
+  let quietSince = start;
+  while (performance.now() - quietSince < SETTLE_MS) {
+    if (performance.now() - start > SETTLE_LIMIT_MS) return false;
+    await sleep(50);
+    const now = reportedKiB();
+    if (now !== last) [last, quietSince] = [now, performance.now()];
+  }
+  return true;
+}
+
+/**
+ * Runs `step` as every timed step starts: with spare copies of the image on disk (written back),
+ * the VM settled (no pass due), and the copies removed just before, so the step runs on memory the
+ * host still backs and is over before the pass their removal sets off. Returns the step's result,
+ * whether the VM settled, and the KiB it handed back while the step ran.
+ */
+async function fromFreshlyFreed<T>(image: string, spares: string[], step: () => Promise<T> | T) {
+  for (const spare of spares) if (!fs.existsSync(spare)) execFileSync('cp', [image, spare]);
+  execFileSync('sync');
+  const settled = await settle();
+  for (const spare of spares) fs.rmSync(spare);
+  const before = reportedKiB() ?? 0;
+  const result = await step();
+  return { result, settled, handedBackKiB: (reportedKiB() ?? 0) - before };
+}
 
 let runs = 0;
 async function snapshot(cluster: TestCluster, instanceId: string) {
@@ -93,15 +132,11 @@ async function deleteSnapshot(cluster: TestCluster, account: string, snapshotId:
   })) as SnapshotDeleteResult;
 }
 
-/** Times `cp` of the image; then removes the copy and syncs, so whatever comes next starts alike. */
-function cpMs(image: string): number {
-  const copy = path.join(path.dirname(image), 'cp-bench.img');
+/** Copies the image to `copy`, timed. */
+function cpMs(image: string, copy: string): number {
   const t0 = performance.now();
   execFileSync('cp', [image, copy]);
-  const took = performance.now() - t0;
-  fs.rmSync(copy);
-  execFileSync('sync');
-  return took;
+  return performance.now() - t0;
 }
 
 /**
@@ -152,27 +187,38 @@ async function main() {
     const pauses: number[] = [];
     const gaps: number[] = [];
     let reclaimed = 0;
+    let unsettledSteps = 0;
+    const spares = Array.from({ length: SPARE_COPIES }, (_, i) =>
+      path.join(path.dirname(image), `spare-${i}.img`),
+    );
     let last: Awaited<ReturnType<typeof snapshot>>['snapshot'] | undefined;
     // Run 0 is a warm-up (JIT, hashing workers, first touch of fresh memory), not measured.
     for (let run = 0; fullMs.length < RUNS; run++) {
       if (last) await deleteSnapshot(cluster, instance.account, last.snapshotId);
-      const reportedBefore = reportedKiB();
-      cpMs(image); // not timed: the timed cp, like the snapshot, starts right after a copy went (see RUNS)
-      const cpTook = cpMs(image);
-      const { ms, gapMs, activityMs: upload, snapshot: s } = await snapshot(cluster, instance.instanceId);
+      // The timed cp writes a spare: the snapshot's step then makes only the others.
+      const cp = await fromFreshlyFreed(image, spares, () => cpMs(image, spares[0]));
+      const snap = await fromFreshlyFreed(image, spares, () => snapshot(cluster, instance.instanceId));
+      const cpTook = cp.result;
+      const { ms, gapMs, activityMs: upload, snapshot: s } = snap.result;
       if (s.bytesUploaded < volume.sizeBytes * 0.99) {
         throw new Error(`snapshot ${s.snapshotId} uploaded ${s.bytesUploaded} bytes: not a full snapshot`);
       }
       last = s;
-      const handedBackKiB = (reportedKiB() ?? 0) - (reportedBefore ?? 0);
+      const handedBack = [
+        cp.handedBackKiB > 0 ? `${round(cp.handedBackKiB / 1024)} MiB during cp` : '',
+        snap.handedBackKiB > 0 ? `${round(snap.handedBackKiB / 1024)} MiB during the snapshot` : '',
+      ].filter(Boolean);
+      const unsettled = [cp, snap].filter((step) => !step.settled).length;
       console.log(
         `run ${run}${run === 0 ? ' (warm-up)' : ''}: full snapshot ${round(ms)} ms end to end, ${round(upload)} ms in the snapshot activity (paused ${round(s.pausedMs)} ms, writes at most ${round(gapMs)} ms apart), cp ${round(cpTook)} ms` +
-          (handedBackKiB > 0
-            ? `; the VM handed ${round(handedBackKiB / 1024)} MiB of freed memory back to its host meanwhile`
+          (handedBack.length > 0 ? `; the VM handed memory back to its host: ${handedBack.join(', ')}` : '') +
+          (unsettled > 0
+            ? `; ${unsettled} step(s) began before the VM settled (${SETTLE_LIMIT_MS / 1000} s)`
             : ''),
       );
       if (run > 0) {
-        if (handedBackKiB > 0) reclaimed++;
+        if (cp.handedBackKiB > 0 || snap.handedBackKiB > 0) reclaimed++;
+        unsettledSteps += unsettled;
         fullMs.push(ms);
         uploadMs.push(upload);
         cps.push(cpTook);
@@ -214,8 +260,10 @@ async function main() {
         // Not a goal: the longest time between two workload writes during a full snapshot. The
         // workload writes every 15.6 ms; the rest is what the snapshot held the instance up.
         writeGapMs1GiB: round(median(gaps)),
-        // Not a goal: measured runs the VM reclaimed memory during (see REPORTED_KIB).
+        // Not a goal: measured runs in which the VM handed memory back during a timed step, and
+        // timed steps that began before it settled (see REPORTED_KIB).
         reclaimedRuns: reclaimed,
+        unsettledSteps,
       }),
     );
   } finally {
