@@ -77,12 +77,14 @@ try {
     return view.subarray(position - held.start, position - held.start + length);
   };
 } catch {}
+// Writes the hash of chunk i of data into out at hash slot i.
+function hashChunk(data, i, chunkSize, out) {
+  blake3(data.subarray(i * chunkSize, Math.min(data.length, (i + 1) * chunkSize))).copy(out, 32 * i);
+}
 function hashAll(data, chunkSize) {
   const n = Math.ceil(data.length / chunkSize);
   const out = Buffer.allocUnsafeSlow(32 * n);
-  for (let i = 0; i < n; i++) {
-    blake3(data.subarray(i * chunkSize, Math.min(data.length, (i + 1) * chunkSize))).copy(out, 32 * i);
-  }
+  for (let i = 0; i < n; i++) hashChunk(data, i, chunkSize, out);
   return out;
 }
 // Chunks are written a few at a time, while their bytes are still in the CPU's cache from hashing:
@@ -104,7 +106,7 @@ function storeAll(data, chunkSize, to) {
     run = -1;
   };
   for (let i = 0; i < n; i++) {
-    blake3(data.subarray(i * chunkSize, Math.min(data.length, (i + 1) * chunkSize))).copy(out, 32 * i);
+    hashChunk(data, i, chunkSize, out);
     const hash = out.toString('latin1', 32 * i, 32 * (i + 1));
     const repeat = seen.has(hash);
     seen.add(hash);
