@@ -178,11 +178,11 @@ async function main() {
       args: [{ hosts: 2, instances: 1, volumeSizeBytes: 1 * GiB, workload: WORKLOAD }],
     })) as FleetLayout;
     const instance = layout.instances[0];
+    const volume = layout.volumes[0];
+    const image = new HostStore(cluster.dataDir, instance.hostId).imagePath(volume.volumeId);
     console.log(
       `workload: a ${WORKLOAD.writeSize}-byte write every ${round((WORKLOAD.writeSize / WORKLOAD.writeBytesPerSec) * 1000)} ms`,
     );
-    const volume = layout.volumes[0];
-    const image = new HostStore(cluster.dataDir, instance.hostId).imagePath(volume.volumeId);
 
     const fullMs: number[] = [];
     const uploadMs: number[] = [];
