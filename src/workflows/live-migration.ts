@@ -236,6 +236,8 @@ class Migration {
     );
     this.snapshot = await executeChild<typeof preMigrationSnapshot>(WorkflowType.preMigrationSnapshot, {
       workflowId: `${this.migrationId}-snapshot`,
+      // A static summary is given by whoever starts a workflow: for a child, its parent.
+      staticSummary: `snapshot ${this.instanceId} on ${plan.sourceHostId} (before ${this.migrationId})`,
       args: [{ instanceId: this.instanceId, account: plan.account, event: `migration:${this.migrationId}` }],
     });
     this.throwIfCancelled();
@@ -255,6 +257,7 @@ class Migration {
     const restored: RestoreInstanceResult = await CancellationScope.nonCancellable(() =>
       executeChild<typeof restoreInstance>(WorkflowType.restoreInstance, {
         workflowId: `restore-${this.instanceId}-${uuid4().slice(0, 8)}`,
+        staticSummary: `restore ${this.instanceId} from ${snapshotIds.join(', ')} → a placed host (after ${this.migrationId} lost ${plan.sourceHostId})`,
         args: [
           {
             account: plan.account,

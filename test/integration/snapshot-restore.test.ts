@@ -321,6 +321,21 @@ describe('pre-migration snapshots and restores (integration)', () => {
         .getHandle('it-migrate-doomed-snapshot')
         .result();
       expect(child.snapshots.map((s) => s.snapshotId)).toEqual([snapshotId]);
+      // Both children (snapshot and restore) say in the Web UI what they are for.
+      const { events } = await cluster.client.workflow.getHandle('it-migrate-doomed').fetchHistory();
+      const children = (events ?? []).flatMap((e) =>
+        e.childWorkflowExecutionStartedEventAttributes?.workflowExecution?.workflowId
+          ? [e.childWorkflowExecutionStartedEventAttributes.workflowExecution.workflowId]
+          : [],
+      );
+      expect(children).toHaveLength(2);
+      const summaries = await Promise.all(
+        children.map(async (id) => (await cluster.client.workflow.getHandle(id).describe()).staticSummary()),
+      );
+      expect(summaries).toEqual([
+        `snapshot ${instance.instanceId} on ${source} (before it-migrate-doomed)`,
+        `restore ${instance.instanceId} from ${snapshotId} → a placed host (after it-migrate-doomed lost ${source})`,
+      ]);
       const atSeq = child.snapshots[0].atSeq;
       expect(stored.equals(volumeAsOf(volume, instance.instanceId, log, atSeq))).toBe(true);
       expect(cluster.workers.fleet.localAgent(third)!.instance(instance.instanceId)!.state).toBe('running');
